@@ -1,0 +1,1 @@
+"""Usage-based billing: meters, plans, rating, invoices."""

@@ -1,0 +1,1 @@
+"""API keys for a tenant's servers."""

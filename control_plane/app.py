@@ -1,0 +1,123 @@
+"""The control-plane Litestar application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Response, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+from sqlalchemy import text
+
+from control_plane.api_keys.routes import ApiKeyController
+from control_plane.audit.routes import AuditController
+from control_plane.http import SESSION_COOKIE, authorize, edge_middleware, provide_principal, provide_services
+from control_plane.identity.routes import (
+    AuthController,
+    InviteAcceptController,
+    InviteController,
+    PlatformInviteController,
+    UserController,
+)
+from control_plane.memberships.routes import MemberController
+from control_plane.runtime import Runtime
+from control_plane.settings import Settings
+from control_plane.tenants.routes import TenantController
+from kernel.http import EXCEPTION_HANDLERS, Problem, request_context_middleware
+
+API_VERSION = "1.0.0"
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+@get("/health", operation_id="Health", tags=["Health"], opt={"public": True})
+async def health() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@get("/ready", operation_id="Ready", tags=["Health"], opt={"public": True}, responses=None)
+async def ready(state: State) -> Response[Health]:
+    """Readiness: the database answers. 503 while it does not."""
+    runtime: Runtime = state.runtime
+    try:
+        async with runtime.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return Response(Health(status="database unavailable"), status_code=503, headers={"Retry-After": "5"})
+    return Response(Health(status="ok"))
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="Livora control plane",
+        version=API_VERSION,
+        description=(
+            "Tenants, users, roles, API keys and the audit log of a Livora installation. "
+            "Errors are RFC 9457 problem details (`application/problem+json`) with a stable `code`."
+        ),
+        path="/schema",
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="A session token from Login, or an API key (`lvk_…`)."
+                ),
+                "session_cookie": SecurityScheme(type="apiKey", name=SESSION_COOKIE, security_scheme_in="cookie"),
+            }
+        ),
+        security=[{"bearer": []}, {"session_cookie": []}],
+        tags=[Tag(name="Tenants"), Tag(name="Members"), Tag(name="Invitations"), Tag(name="API keys")],
+        create_examples=False,
+        use_handler_docstrings=True,
+    )
+
+
+ROUTES = [
+    health,
+    ready,
+    AuthController,
+    UserController,
+    TenantController,
+    MemberController,
+    InviteController,
+    PlatformInviteController,
+    InviteAcceptController,
+    ApiKeyController,
+    AuditController,
+]
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
+    """Build the control plane. Tests pass their own ``settings``; nothing reads ``os.environ`` but ``from_env``."""
+    settings = settings or Settings.from_env()
+    runtime = runtime or Runtime.build(settings)
+
+    async def close_runtime(app: Litestar) -> None:
+        await runtime.close()
+
+    return Litestar(
+        # The OpenAPI document is served outside this router: public, unguarded.
+        route_handlers=[Router(path="/", route_handlers=ROUTES, guards=[authorize])],
+        state=State({"runtime": runtime}),
+        dependencies={
+            "services": Provide(provide_services),
+            "principal": Provide(provide_principal),
+        },
+        middleware=[request_context_middleware, edge_middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=openapi_config(),
+        on_shutdown=[close_runtime],
+        signature_types=[Runtime, Problem],
+        debug=False,
+    )
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    return app.openapi_schema.to_schema()

@@ -1,0 +1,1 @@
+"""Users, invitations, sign-in sessions and the principal behind each request."""

@@ -1,0 +1,63 @@
+"""Passwords (Argon2id) and bearer secrets (random, stored as SHA-256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import anyio.to_thread
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from kernel.errors import ValidationFailed
+
+MIN_PASSWORD = 12
+MAX_PASSWORD = 256
+
+
+def check_password_strength(password: str, email: str = "") -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValidationFailed(f"Choose a password of at least {MIN_PASSWORD} characters.", code="password_too_short")
+    if len(password) > MAX_PASSWORD:
+        raise ValidationFailed(f"Passwords are limited to {MAX_PASSWORD} characters.", code="password_too_long")
+    if email and password.strip().lower() == email.strip().lower():
+        raise ValidationFailed("The password must not be your email address.", code="password_too_weak")
+
+
+class Passwords:
+    """Argon2id hashing off the event loop (hashing is deliberately slow)."""
+
+    def __init__(self, time_cost: int = 3, memory_kib: int = 65536) -> None:
+        self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
+        # Verified against when the email is unknown, so both paths take the same time.
+        self._decoy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hasher.hash, password)
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        def verify() -> bool:
+            try:
+                return self._hasher.verify(password_hash or self._decoy, password) and password_hash is not None
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await anyio.to_thread.run_sync(verify)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return self._hasher.check_needs_rehash(password_hash)
+
+
+def new_token(prefix: str) -> str:
+    """A bearer secret such as ``lvs_…``: 256 random bits, URL-safe."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def token_hash(token: str) -> str:
+    """SHA-256 hex of a high-entropy secret (a slow hash adds nothing for 256 random bits)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,1 @@
+"""Who belongs to a tenant, with which role."""

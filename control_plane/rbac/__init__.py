@@ -1,0 +1,1 @@
+"""Roles and permissions: one casbin policy, one guard on every route."""

@@ -1,0 +1,102 @@
+"""What the control plane runs on (built once) and the services over one DB session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from control_plane.api_keys.service import ApiKeyService
+from control_plane.audit.service import AuditService
+from control_plane.identity.secrets import Passwords
+from control_plane.identity.service import IdentityService
+from control_plane.memberships.service import MembershipService
+from control_plane.rbac.authorizer import Authorizer, default_authorizer
+from control_plane.settings import Settings
+from control_plane.tenants.service import TenantService
+from kernel.db import create_engine, create_sessionmaker
+from kernel.ports.kv import KeyValueStore, kv_drivers
+from kernel.ports.mail import Mailer, mail_drivers
+from kernel.tenancy import install_tenant_guard
+
+
+@dataclass
+class Runtime:
+    """Long-lived resources: engine, drivers, policy. One per process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    kv: KeyValueStore
+    mailer: Mailer
+    authorizer: Authorizer
+    passwords: Passwords
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        """Create drivers from settings; an unknown driver name raises ``ConfigError`` here, at start-up."""
+        install_tenant_guard()
+        kv = kv_drivers.create(settings.kv_driver, redis_url=settings.redis_url or None, prefix="livora:cp:")
+        mailer = mail_drivers.create(
+            settings.mail_driver,
+            outbox_path=settings.outbox_path,
+            sender=settings.mail_from,
+            smtp_host=settings.smtp_host,
+            smtp_port=settings.smtp_port,
+            smtp_username=settings.smtp_username or None,
+            smtp_password=settings.smtp_password or None,
+            smtp_starttls=settings.smtp_starttls,
+        )
+        engine = create_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessionmaker=create_sessionmaker(engine),
+            kv=kv,
+            mailer=mailer,
+            authorizer=default_authorizer(),
+            passwords=Passwords(settings.argon2_time_cost, settings.argon2_memory_kib),
+        )
+
+    async def close(self) -> None:
+        await self.mailer.close()
+        await self.kv.close()
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def services(self) -> AsyncIterator[Services]:
+        """Services over a fresh session; HTTP handlers, the CLI and tests all enter here."""
+        async with self.sessionmaker() as session:
+            yield Services(self, session)
+
+
+class Services:
+    """The domain services sharing one DB session (one unit of work)."""
+
+    def __init__(self, runtime: Runtime, db: AsyncSession) -> None:
+        self.runtime = runtime
+        self.db = db
+
+    @cached_property
+    def audit(self) -> AuditService:
+        return AuditService(self.db)
+
+    @cached_property
+    def identity(self) -> IdentityService:
+        r = self.runtime
+        return IdentityService(self.db, r.settings, r.passwords, r.kv, r.mailer, self.audit)
+
+    @cached_property
+    def tenants(self) -> TenantService:
+        return TenantService(self.db, self.audit, self.identity)
+
+    @cached_property
+    def members(self) -> MembershipService:
+        return MembershipService(self.db, self.audit)
+
+    @cached_property
+    def api_keys(self) -> ApiKeyService:
+        return ApiKeyService(self.db, self.audit, self.runtime.settings.api_key_max_grace_seconds)

@@ -1,0 +1,166 @@
+"""Create, list, change and retire tenants, moving them through their lifecycle."""
+
+from __future__ import annotations
+
+import msgspec
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from control_plane.audit.service import AuditService
+from control_plane.db.models import Membership, Tenant
+from control_plane.identity.service import IdentityService
+from control_plane.tenants import schemas
+from control_plane.tenants.states import check_transition
+from kernel.db import new_id, utcnow
+from kernel.errors import Conflict, NotFound, ValidationFailed
+from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.tenancy import dangerously_unscoped, tenant_scope
+from kernel.text import slugify
+
+
+def tenant_view(tenant: Tenant) -> schemas.Tenant:
+    return msgspec.convert(tenant, schemas.Tenant, from_attributes=True)
+
+
+class TenantService:
+    def __init__(self, db: AsyncSession, audit: AuditService, identity: IdentityService) -> None:
+        self.db = db
+        self.audit = audit
+        self.identity = identity
+
+    async def find(self, tenant_id: str) -> Tenant | None:
+        return await self.db.get(Tenant, tenant_id)
+
+    async def _tenant(self, tenant_id: str) -> Tenant:
+        tenant = await self.find(tenant_id)
+        if tenant is None:
+            raise NotFound(f"No tenant {tenant_id}.", code="tenant_not_found")
+        return tenant
+
+    async def get(self, tenant_id: str) -> schemas.Tenant:
+        return tenant_view(await self._tenant(tenant_id))
+
+    async def create(self, data: schemas.TenantCreate, created_by: str | None) -> schemas.Tenant:
+        slug = data.slug or slugify(data.name)
+        if not slug:
+            raise ValidationFailed("Give a slug: none can be derived from this name.", code="slug_required")
+        if await self.db.scalar(select(Tenant.id).where(Tenant.slug == slug)):
+            raise Conflict(f"The slug {slug!r} is taken; choose another.", code="slug_taken")
+        tenant = Tenant(
+            id=new_id("ten"),
+            name=data.name,
+            slug=slug,
+            plan=data.plan,
+            deployment_pattern=data.deployment_pattern,
+            region=data.region,
+            template=data.template,
+            status="pending",
+        )
+        with tenant_scope(tenant.id):
+            self.db.add(tenant)
+            self.audit.record(
+                "tenant.created",
+                tenant_id=tenant.id,
+                target_type="tenant",
+                target_id=tenant.id,
+                details={"slug": slug, "plan": data.plan, "deployment_pattern": data.deployment_pattern},
+            )
+            try:
+                await self.db.commit()
+            except IntegrityError:
+                await self.db.rollback()
+                raise Conflict(f"The slug {slug!r} is taken; choose another.", code="slug_taken") from None
+        if data.owner_email:
+            await self.identity.invite(tenant.id, data.owner_email, "owner", created_by)
+        return tenant_view(tenant)
+
+    async def list(
+        self,
+        *,
+        member_id: str | None = None,
+        status: str | None = None,
+        plan: str | None = None,
+        deployment_pattern: str | None = None,
+        region: str | None = None,
+        q: str | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> schemas.TenantPage:
+        """Oldest first. ``member_id`` limits the list to tenants that user belongs to."""
+        query = select(Tenant)
+        if member_id is not None:
+            query = query.join(Membership, Membership.tenant_id == Tenant.id).where(
+                Membership.user_id == member_id, Tenant.status != "deleted"
+            )
+        for column, value in (
+            (Tenant.status, status),
+            (Tenant.plan, plan),
+            (Tenant.deployment_pattern, deployment_pattern),
+            (Tenant.region, region),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if q:
+            needle = f"%{q.lower()}%"
+            query = query.where(or_(Tenant.name.ilike(needle), Tenant.slug.ilike(needle)))
+        if cursor:
+            stamp, last_id = decode_cursor(cursor)
+            query = query.where(or_(Tenant.created_at > stamp, and_(Tenant.created_at == stamp, Tenant.id > last_id)))
+        query = query.order_by(Tenant.created_at, Tenant.id).limit(limit + 1)
+        # The membership join spans tenants by design: it is filtered to one user above.
+        with dangerously_unscoped():
+            rows = list((await self.db.scalars(query)).all())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return schemas.TenantPage(
+            items=[tenant_view(t) for t in rows],
+            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
+        )
+
+    async def update(self, tenant_id: str, data: schemas.TenantUpdate) -> schemas.Tenant:
+        tenant = await self._tenant(tenant_id)
+        if tenant.status in ("deleting", "deleted"):
+            raise Conflict(f"A {tenant.status} tenant cannot be changed.", code="tenant_deleted")
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
+        for field, value in changes.items():
+            setattr(tenant, field, value)
+        with tenant_scope(tenant.id):
+            self.audit.record(
+                "tenant.updated", tenant_id=tenant.id, target_type="tenant", target_id=tenant.id, details=changes
+            )
+            await self.db.commit()
+        return tenant_view(tenant)
+
+    async def transition(self, tenant_id: str, *path: str, reason: str | None = None) -> schemas.Tenant:
+        """Move the tenant through ``path`` (each step checked), recording each step."""
+        tenant = await self._tenant(tenant_id)
+        with tenant_scope(tenant.id):
+            for target in path:
+                check_transition(tenant.status, target)
+                before = tenant.status
+                tenant.status = target
+                tenant.status_reason = reason
+                tenant.status_changed_at = utcnow()
+                self.audit.record(
+                    f"tenant.{target}",
+                    tenant_id=tenant.id,
+                    target_type="tenant",
+                    target_id=tenant.id,
+                    details={"from": before, "to": target, **({"reason": reason} if reason else {})},
+                )
+            await self.db.commit()
+        return tenant_view(tenant)
+
+    async def provision(self, tenant_id: str) -> schemas.Tenant:
+        # NOTE: no data-plane resources exist to create yet, so provisioning completes at once.
+        return await self.transition(tenant_id, "provisioning", "active")
+
+    async def suspend(self, tenant_id: str, reason: str | None) -> schemas.Tenant:
+        return await self.transition(tenant_id, "suspended", reason=reason)
+
+    async def reactivate(self, tenant_id: str) -> schemas.Tenant:
+        return await self.transition(tenant_id, "active")
+
+    async def delete(self, tenant_id: str, reason: str | None = None) -> schemas.Tenant:
+        return await self.transition(tenant_id, "deleting", "deleted", reason=reason)

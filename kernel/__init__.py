@@ -1,0 +1,1 @@
+"""Shared infrastructure for every Livora plane: settings, logging, database, errors, ports."""

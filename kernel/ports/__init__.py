@@ -1,0 +1,1 @@
+"""Small ports for side effects (key-value, mail), each with an embedded and a production driver."""

@@ -1,0 +1,1 @@
+"""Composition: the `livora` command and the all-in-one app."""

@@ -1,0 +1,201 @@
+"""The `livora` command: run the platform, migrate, create an ops admin, export OpenAPI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from control_plane.settings import Settings
+from kernel.errors import AppError, ConfigError
+
+OPENAPI_PATH = Path("openapi/control-plane.json")
+BOOTSTRAP_EMAIL = "admin@livora.localhost"
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _migrate(settings: Settings) -> None:
+    from control_plane.db.migrate import upgrade
+
+    upgrade(settings.database_url)
+
+
+async def _count_users(settings: Settings) -> int:
+    from sqlalchemy import func, select
+
+    from control_plane.db.models import User
+    from control_plane.runtime import Runtime
+
+    runtime = Runtime.build(settings)
+    try:
+        async with runtime.services() as services:
+            return int(await services.db.scalar(select(func.count(User.id))) or 0)
+    finally:
+        await runtime.close()
+
+
+async def _create_admin(settings: Settings, email: str, password: str) -> str:
+    from control_plane.runtime import Runtime
+    from kernel.http import RequestContext, enter_request, exit_request
+
+    runtime = Runtime.build(settings)
+    token = enter_request(RequestContext(request_id=f"cli-{secrets.token_hex(6)}"))
+    try:
+        async with runtime.services() as services:
+            user = await services.identity.create_admin(email, password)
+            return user.id
+    finally:
+        exit_request(token)
+        await runtime.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _migrate(settings)
+    print(f"Database is at the latest schema ({_redacted(settings.database_url)}).")
+    return 0
+
+
+def cmd_create_admin(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _migrate(settings)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        generated = False
+    elif args.prompt:
+        password = getpass.getpass("Password (at least 12 characters): ")
+        generated = False
+    else:
+        password = secrets.token_urlsafe(15)
+        generated = True
+    user_id = asyncio.run(_create_admin(settings, args.email, password))
+    print(f"ops_admin {args.email} is ready (user {user_id}).")
+    if generated:
+        print(f"Password: {password}\nIt is shown only now; change it with POST /api/v1/auth/password.")
+    return 0
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from livora.openapi import render_control_plane
+
+    text = render_control_plane()
+    output = Path(args.output)
+    if args.check:
+        if not output.exists() or output.read_text() != text:
+            print(f"{output} is stale; run `livora openapi` and commit the result.", file=sys.stderr)
+            return 1
+        print(f"{output} is up to date.")
+        return 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"Wrote {output} ({len(json.loads(text)['paths'])} paths).")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control_plane.app import create_app
+    from kernel.logging import configure_logging
+
+    settings = _settings()
+    if args.host or args.port:
+        settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
+    configure_logging(settings.log_level, settings.log_format)
+    print("Migrating the database…", flush=True)
+    _migrate(settings)
+    bootstrap_password = None
+    if asyncio.run(_count_users(settings)) == 0:
+        bootstrap_password = secrets.token_urlsafe(15)
+        asyncio.run(_create_admin(settings, BOOTSTRAP_EMAIL, bootstrap_password))
+    _banner(settings, bootstrap_password)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _banner(settings: Settings, bootstrap_password: str | None) -> None:
+    base = settings.base_url
+    lines = [
+        "",
+        f"Livora control plane on {base}",
+        f"  API:      {base}/api/v1   (OpenAPI document: {base}/schema/openapi.json)",
+        f"  Health:   {base}/health  {base}/ready",
+        f"  Database: {_redacted(settings.database_url)}",
+        f"  Mail:     {settings.mail_driver}"
+        + (f" → {settings.outbox_path}" if settings.mail_driver == "outbox" else ""),
+    ]
+    if bootstrap_password:
+        lines += [
+            "",
+            "First start: an ops admin was created. Its password is shown this once:",
+            f"  email:    {BOOTSTRAP_EMAIL}",
+            f"  password: {bootstrap_password}",
+            "Sign in:",
+            f"  curl -s {base}/api/v1/auth/login -H 'Content-Type: application/json' \\",
+            f'       -d \'{{"email": "{BOOTSTRAP_EMAIL}", "password": "{bootstrap_password}"}}\'',
+            "then change the password (POST /api/v1/auth/password).",
+        ]
+    else:
+        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one."]
+    print("\n".join(lines) + "\n", flush=True)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livora",
+        description="Livora: customer-intelligence platform. Settings come from LIVORA_* environment variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="migrate, then serve the platform (embedded defaults: SQLite under ./var)")
+    run.add_argument("--host", help="interface to bind (default LIVORA_HOST or 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to bind (default LIVORA_PORT or 8000)")
+    run.set_defaults(func=cmd_run)
+
+    migrate = commands.add_parser("migrate", help="bring the database schema up to date")
+    migrate.set_defaults(func=cmd_migrate)
+
+    admin = commands.add_parser("create-admin", help="create an ops_admin, or reset one's password")
+    admin.add_argument("--email", required=True, help="the admin's email address")
+    source = admin.add_mutually_exclusive_group()
+    source.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    source.add_argument("--prompt", action="store_true", help="ask for the password (not echoed)")
+    admin.set_defaults(func=cmd_create_admin)
+
+    openapi = commands.add_parser("openapi", help=f"write the control plane's OpenAPI document to {OPENAPI_PATH}")
+    openapi.add_argument("--output", default=str(OPENAPI_PATH), help="where to write it")
+    openapi.add_argument("--check", action="store_true", help="exit 1 if the file differs from the code")
+    openapi.set_defaults(func=cmd_openapi)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"livora: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except AppError as exc:
+        print(f"livora: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

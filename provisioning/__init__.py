@@ -1,0 +1,1 @@
+"""Provisioning of tenants' data planes from templates."""

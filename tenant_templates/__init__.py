@@ -1,0 +1,1 @@
+"""Versioned tenant blueprints per industry."""
