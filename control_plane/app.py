@@ -8,7 +8,8 @@ import msgspec
 from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from sqlalchemy import text
@@ -27,7 +28,7 @@ from control_plane.memberships.routes import MemberController
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
 from control_plane.tenants.routes import TenantController
-from kernel.http import EXCEPTION_HANDLERS, Problem, request_context_middleware
+from kernel.http import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, request_context_middleware
 
 API_VERSION = "1.0.0"
 
@@ -94,6 +95,54 @@ ROUTES = [
 ]
 
 
+_PROBLEM_DESCRIPTIONS = {
+    400: "Invalid request: the body or a parameter is malformed (`errors` lists each problem).",
+    401: "No credential, or an unknown, expired or revoked one.",
+    403: "The credential may not do this (or the tenant is suspended).",
+    404: "No such object, or it belongs to a tenant you cannot see.",
+    409: "The object's current state does not allow this.",
+    410: "The object has expired.",
+    429: "Too many attempts; retry after `Retry-After` seconds.",
+    503: "A dependency is down; retry after `Retry-After` seconds.",
+}
+
+
+def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
+    statuses = {400, 503}
+    opt = handler.opt
+    if not opt.get("public"):
+        statuses |= {401, 403}
+    if "{" in path:
+        statuses.add(404)
+    if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
+        statuses.add(409)
+    if handler.operation_id == "Login":
+        statuses.add(429)
+    if handler.operation_id == "AcceptInvite":
+        statuses |= {404, 409, 410}
+    return statuses
+
+
+def declare_problems(app: Litestar) -> None:
+    """Document the problem-details answers of every route, so clients and schema checks know them."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if not isinstance(handler, HTTPRouteHandler) or not handler.opt:
+                continue
+            responses = dict(handler.responses or {})
+            for status in sorted(_problem_statuses(handler, route.path)):
+                responses.setdefault(
+                    status,
+                    ResponseSpec(
+                        data_container=Problem,
+                        media_type=PROBLEM_JSON,
+                        description=_PROBLEM_DESCRIPTIONS[status],
+                        generate_examples=False,
+                    ),
+                )
+            handler.responses = responses
+
+
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
     """Build the control plane. Tests pass their own ``settings``; nothing reads ``os.environ`` but ``from_env``."""
     settings = settings or Settings.from_env()
@@ -102,7 +151,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def close_runtime(app: Litestar) -> None:
         await runtime.close()
 
-    return Litestar(
+    app = Litestar(
         # The OpenAPI document is served outside this router: public, unguarded.
         route_handlers=[Router(path="/", route_handlers=ROUTES, guards=[authorize])],
         state=State({"runtime": runtime}),
@@ -117,6 +166,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         signature_types=[Runtime, Problem],
         debug=False,
     )
+    declare_problems(app)
+    return app
 
 
 def openapi_document(app: Litestar) -> dict[str, Any]:
