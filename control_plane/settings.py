@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     redis_url: str = ""
     # Key-value driver for login throttling and caches: memory (one process) or redis.
     kv_driver: str = "memory"
+    # Prefix of every key this installation writes to Redis, so installations can share one.
+    kv_prefix: str = "livora:"
     # Mail driver: outbox (JSON lines file under data_dir) or smtp.
     mail_driver: str = "outbox"
     mail_from: str = "Livora <no-reply@livora.localhost>"
