@@ -110,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.host or args.port:
         settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
     configure_logging(settings.log_level, settings.log_format)
+    # Building the app first checks every driver setting before anything is touched.
+    app = create_app(settings)
     print("Migrating the database…", flush=True)
     _migrate(settings)
     bootstrap_password = None
@@ -117,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bootstrap_password = secrets.token_urlsafe(15)
         asyncio.run(_create_admin(settings, BOOTSTRAP_EMAIL, bootstrap_password))
     _banner(settings, bootstrap_password)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
 
@@ -142,10 +144,12 @@ def _banner(settings: Settings, bootstrap_password: str | None) -> None:
             f"  curl -s {base}/api/v1/auth/login -H 'Content-Type: application/json' \\",
             f'       -d \'{{"email": "{BOOTSTRAP_EMAIL}", "password": "{bootstrap_password}"}}\'',
             "then change the password (POST /api/v1/auth/password).",
+            "",
         ]
     else:
-        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one."]
-    print("\n".join(lines) + "\n", flush=True)
+        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one.", ""]
+    lines.append("Press Ctrl+C to stop.")
+    print("\n".join(lines), flush=True)
 
 
 def _redacted(url: str) -> str:
