@@ -93,6 +93,11 @@ async def _audit_failure(runtime: Runtime, scope: Scope, tenant_id: str | None, 
     context = current_request()
     details: dict[str, Any] = dict(context.audit_details) if context else {}
     target_id = next((v for k, v in scope.get("path_params", {}).items() if k != "tenant_id"), None)
+    if tenant_id is not None and status in (401, 404):
+        # The caller was not shown this tenant: keep the attempt out of the tenant's own trail
+        # (strangers must not write into it) and in the platform's, where staff see it.
+        details["tenant_id"] = tenant_id
+        tenant_id = None
     entry = build_entry(
         action,
         tenant_id=tenant_id,

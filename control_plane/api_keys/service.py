@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api_keys import schemas
 from control_plane.audit.service import AuditService
-from control_plane.db.models import ApiKey
+from control_plane.db.models import ApiKey, Tenant
 from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import token_hash
 from kernel.db import new_id, utcnow
@@ -165,7 +165,11 @@ class ApiKeyService:
         # The secret is the credential; its tenant is learnt from the row.
         with dangerously_unscoped():
             key = await self.db.scalar(
-                select(ApiKey).where(or_(ApiKey.secret_hash == digest, ApiKey.previous_secret_hash == digest))
+                select(ApiKey)
+                .join(Tenant, Tenant.id == ApiKey.tenant_id)
+                .where(or_(ApiKey.secret_hash == digest, ApiKey.previous_secret_hash == digest))
+                # A deleted tenant's keys stop working everywhere, not only on its routes.
+                .where(Tenant.status.not_in(("deleting", "deleted")))
             )
             if key is None or key.revoked_at is not None:
                 return None

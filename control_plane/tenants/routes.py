@@ -48,10 +48,7 @@ class TenantController(Controller):
         filters = dict(status=status, plan=plan, deployment_pattern=deployment_pattern, region=region, q=q)
         authorizer = services.runtime.authorizer
         if principal.kind == "api_key":
-            tenant = await services.tenants.find(principal.tenant_id or "")
-            page = await services.tenants.list(**filters, cursor=cursor, limit=limit)
-            page.items = [t for t in page.items if tenant is not None and t.id == tenant.id]
-            return page
+            return await services.tenants.list(**filters, only_id=principal.tenant_id, cursor=cursor, limit=limit)
         if authorizer.allows(principal, PLATFORM, "tenant", "read"):
             return await services.tenants.list(**filters, cursor=cursor, limit=limit)
         return await services.tenants.list(**filters, member_id=principal.id, cursor=cursor, limit=limit)

@@ -79,6 +79,7 @@ class TenantService:
         self,
         *,
         member_id: str | None = None,
+        only_id: str | None = None,
         status: str | None = None,
         plan: str | None = None,
         deployment_pattern: str | None = None,
@@ -87,8 +88,10 @@ class TenantService:
         cursor: str | None = None,
         limit: int = DEFAULT_LIMIT,
     ) -> schemas.TenantPage:
-        """Oldest first. ``member_id`` limits the list to tenants that user belongs to."""
+        """Oldest first. ``member_id`` limits the list to that user's tenants, ``only_id`` to one tenant."""
         query = select(Tenant)
+        if only_id is not None:
+            query = query.where(Tenant.id == only_id, Tenant.status != "deleted")
         if member_id is not None:
             query = query.join(Membership, Membership.tenant_id == Tenant.id).where(
                 Membership.user_id == member_id, Tenant.status != "deleted"

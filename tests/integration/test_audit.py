@@ -45,6 +45,20 @@ def test_denied_and_failed_mutations_are_audited(client, world):
     assert conflict["status_code"] == 409 and conflict["target_id"] == owner.user_id
 
 
+def test_probes_of_a_foreign_tenant_stay_out_of_its_trail(client, world):
+    """A stranger's attempts on tenant B are recorded for staff, not written into B's own trail."""
+    intruder = world.a.members["owner"]
+    problem(client.post(f"/api/v1/tenants/{world.b.id}/invites", json={"email": "x@y.test"}, headers=intruder.headers), 404, "tenant_not_found")
+    problem(client.post(f"/api/v1/tenants/{world.b.id}/api-keys", json={"name": "k", "scopes": ["tenant:read"]}), 401, "not_authenticated")
+    b_trail = entries(client, world.b.members["owner"].headers, f"/api/v1/tenants/{world.b.id}/audit")
+    assert [e for e in b_trail if e["outcome"] != "success"] == []
+    probes = entries(client, world.platform["ops_admin"].headers, outcome="denied")
+    probes += entries(client, world.platform["ops_admin"].headers, outcome="failure")
+    recorded = {(e["action"], e["actor_id"], e["tenant_id"], e["details"].get("tenant_id")) for e in probes}
+    assert ("invite.created", intruder.user_id, None, world.b.id) in recorded
+    assert ("api_key.created", None, None, world.b.id) in recorded
+
+
 def test_tenant_admins_see_their_tenant_and_staff_see_all(client, world):
     client.post(f"/api/v1/tenants/{world.a.id}/invites", json={"email": "x@a.test"}, headers=world.a.members["admin"].headers)
     client.post(f"/api/v1/tenants/{world.b.id}/invites", json={"email": "y@b.test"}, headers=world.b.members["admin"].headers)

@@ -278,8 +278,10 @@ def test_deleted_tenant_is_gone_for_its_users(client, world, aio):
     ops = world.platform["ops_admin"]
     client.post(f"/api/v1/tenants/{world.a.id}/suspend", headers=ops.headers)
     assert client.delete(f"/api/v1/tenants/{world.a.id}", headers=ops.headers).json()["status"] == "deleted"
-    for actor in (world.a.members["owner"], world.a.keys["key_all"]):
-        problem(client.get(f"/api/v1/tenants/{world.a.id}", headers=actor.headers), 404, "tenant_not_found")
+    problem(client.get(f"/api/v1/tenants/{world.a.id}", headers=world.a.members["owner"].headers), 404, "tenant_not_found")
+    # Its API keys stop working everywhere.
+    for url in (f"/api/v1/tenants/{world.a.id}", ME, "/api/v1/tenants"):
+        problem(client.get(url, headers=world.a.keys["key_all"].headers), 401, "invalid_api_key")
     me = client.get(ME, headers=world.a.members["owner"].headers).json()
     assert me["memberships"] == []
     assert client.get(f"/api/v1/tenants/{world.a.id}", headers=ops.headers).json()["status"] == "deleted"
