@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Response, Router, get
+from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
@@ -28,6 +28,7 @@ from control_plane.memberships.routes import MemberController
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
 from control_plane.tenants.routes import TenantController
+from kernel.errors import Unavailable
 from kernel.http import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, request_context_middleware
 
 API_VERSION = "1.0.0"
@@ -43,16 +44,17 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", operation_id="Ready", tags=["Health"], opt={"public": True}, responses=None)
-async def ready(state: State) -> Response[Health]:
-    """Readiness: the database answers. 503 while it does not."""
+@get("/ready", operation_id="Ready", tags=["Health"], opt={"public": True})
+async def ready(state: State) -> Health:
+    """Readiness: the database (and Redis, when a driver uses it) answers. 503 while one does not."""
     runtime: Runtime = state.runtime
     try:
         async with runtime.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception:
-        return Response(Health(status="database unavailable"), status_code=503, headers={"Retry-After": "5"})
-    return Response(Health(status="ok"))
+        raise Unavailable("The database does not answer.", code="database_unavailable") from None
+    await runtime.kv.ping()
+    return Health(status="ok")
 
 
 def openapi_config() -> OpenAPIConfig:

@@ -299,6 +299,9 @@ class IdentityService:
         email = normalize_email(email)
         now = utcnow()
         with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
+            tenant = await self.db.get(Tenant, tenant_id) if tenant_id else None
+            if tenant is not None and tenant.status in ("deleting", "deleted"):
+                raise Conflict(f"The tenant is {tenant.status}; nobody can join it.", code="tenant_deleted")
             user = await self._user_by_email(email)
             if tenant_id is not None and user is not None:
                 member = await self.db.scalar(
@@ -338,7 +341,6 @@ class IdentityService:
                 details={"email": email, "role": role},
             )
             await self.db.flush()
-            tenant = await self.db.get(Tenant, tenant_id) if tenant_id else None
             await self.mailer.send(self._invite_mail(email, role, token, tenant, invite.expires_at))
             await self.db.commit()
         return invite_view(invite, now)

@@ -347,3 +347,29 @@ def test_tenant_rows_unchanged_by_failed_login(client, world, aio):
             return len((await services.db.scalars(select(Tenant.id))).all())
 
     assert aio(tenants()) == 2
+
+
+def test_health_and_readiness(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ok"}
+
+
+def test_not_ready_while_the_database_is_down(tmp_path):
+    """A PostgreSQL URL nobody listens on: /ready answers 503 with Retry-After, /health stays up."""
+    from control_plane.app import create_app
+    from control_plane.settings import Settings
+    from tests.support.server import LiveServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(database_url=f"postgresql://nobody@127.0.0.1:{port}/none", data_dir=str(tmp_path))
+    live = LiveServer(create_app(settings)).start()
+    try:
+        with httpx.Client(base_url=live.url) as client:
+            assert client.get("/health").status_code == 200
+            response = client.get("/ready")
+            problem(response, 503, "database_unavailable")
+            assert response.headers["retry-after"]
+    finally:
+        live.stop()
