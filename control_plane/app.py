@@ -119,7 +119,7 @@ def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
     if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
         statuses.add(409)
     if handler.operation_id == "Login":
-        statuses.add(429)
+        statuses |= {401, 429}
     if handler.operation_id == "AcceptInvite":
         statuses |= {404, 409, 410}
     return statuses

@@ -123,7 +123,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     404, the same as a missing one.
     """
     opt = handler.opt
-    if opt.get("public"):
+    if opt.get("public") or (not opt and getattr(handler, "http_methods", None) == {"OPTIONS"}):
+        # Litestar's automatic OPTIONS handler only lists the allowed methods.
         return
     principal: Principal | None = connection.scope.get("user")
     if principal is None:

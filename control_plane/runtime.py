@@ -39,7 +39,9 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         """Create drivers from settings; an unknown driver name raises ``ConfigError`` here, at start-up."""
         install_tenant_guard()
-        kv = kv_drivers.create(settings.kv_driver, redis_url=settings.redis_url or None, prefix=f"{settings.kv_prefix}cp:")
+        kv = kv_drivers.create(
+            settings.kv_driver, redis_url=settings.redis_url or None, prefix=f"{settings.kv_prefix}cp:"
+        )
         mailer = mail_drivers.create(
             settings.mail_driver,
             outbox_path=settings.outbox_path,

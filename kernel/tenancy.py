@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from sqlalchemy import String, event
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column, with_loader_criteria
+from sqlalchemy.sql.util import find_tables
 
 
 class TenantScopeError(RuntimeError):
@@ -65,10 +66,24 @@ def dangerously_unscoped() -> Iterator[None]:
         _scope.reset(token)
 
 
+def _scoped_tables() -> set[Any]:
+    tables: set[Any] = set()
+    pending: list[type] = [TenantScoped]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            pending.append(sub)
+            if (table := getattr(sub, "__table__", None)) is not None:
+                tables.add(table)
+    return tables
+
+
 def _touches_tenant_scoped(state: ORMExecuteState) -> bool:
-    return any(
-        isinstance(mapper.class_, type) and issubclass(mapper.class_, TenantScoped) for mapper in state.all_mappers
-    )
+    """True when a tenant-scoped table appears anywhere: columns, joins, subqueries, CTEs."""
+    if any(isinstance(m.class_, type) and issubclass(m.class_, TenantScoped) for m in state.all_mappers):
+        return True
+    scoped = _scoped_tables()
+    found = find_tables(state.statement, include_joins=True, include_aliases=True, include_crud=True)
+    return any(table in scoped for table in found)
 
 
 def _criteria(tenant_id: str) -> Any:

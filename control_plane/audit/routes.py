@@ -33,7 +33,7 @@ class AuditController(Controller):
     ) -> schemas.AuditPage:
         """Every tenant's audit entries and the platform's own, newest first (Livora staff)."""
         return await services.audit.list(
-            tenant_id=tenant_id,
+            tenant_id=tenant_id or None,
             action=action,
             actor_id=actor_id,
             target_id=target_id,

@@ -54,15 +54,18 @@ class AuthController(Controller):
         )
         return Response(session, cookies=[cookie])
 
-    @post("/logout", operation_id="Logout", status_code=204, opt={"authenticated": True, "audit": "session.deleted"})
-    async def logout(
-        self, services: NamedDependency[Services], principal: NamedDependency[Principal]
-    ) -> Response[None]:
+    @post(
+        "/logout",
+        operation_id="Logout",
+        status_code=204,
+        response_cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True)],
+        opt={"authenticated": True, "audit": "session.deleted"},
+    )
+    async def logout(self, services: NamedDependency[Services], principal: NamedDependency[Principal]) -> None:
         """End the current session and clear the cookie."""
         if principal.kind != "user":
             raise PermissionDenied("API keys have no session to end; revoke the key instead.", code="not_a_session")
         await services.identity.logout(principal)
-        return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
 
     @get("/me", operation_id="GetMe", opt={"authenticated": True})
     async def me(self, services: NamedDependency[Services], principal: NamedDependency[Principal]) -> schemas.Me:
@@ -133,7 +136,7 @@ class InviteController(Controller):
         principal: NamedDependency[Principal],
         request: Request[Any, Any, Any],
     ) -> schemas.Invite:
-        """Invite someone to the tenant by email. The link works once and expires; a new invite replaces a pending one."""
+        """Invite someone by email. The code works once and expires; a new invite replaces a pending one."""
         if data.role == "owner" and not may(request, "owners", "write"):
             raise PermissionDenied("Only an owner can invite an owner.", code="owner_required")
         return await services.identity.invite(tenant_id, data.email, data.role, principal.id)

@@ -11,7 +11,7 @@ from control_plane.rbac.roles import PlatformRole, TenantRole
 from control_plane.tenants.schemas import Email, TenantStatus
 
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-DisplayName = Annotated[str, msgspec.Meta(max_length=200)]
+DisplayName = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")]
 
 
 class User(msgspec.Struct, kw_only=True):

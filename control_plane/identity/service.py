@@ -292,57 +292,65 @@ class IdentityService:
     # --- invitations --------------------------------------------------------------------
 
     async def invite(self, tenant_id: str | None, email: str, role: str, invited_by: str | None) -> schemas.Invite:
-        """Invite ``email`` to ``role`` in a tenant (or, tenant_id None, to a platform role) and mail the link.
+        """Invite ``email`` to ``role`` in a tenant (or, tenant_id None, to a platform role) and mail the code."""
+        with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
+            invite = await self.stage_invite(tenant_id, email, role, invited_by)
+            await self.db.commit()
+        return invite
+
+    async def stage_invite(
+        self, tenant_id: str | None, email: str, role: str, invited_by: str | None
+    ) -> schemas.Invite:
+        """Add the invitation to the caller's transaction and mail it; the caller commits.
 
         Re-inviting an address with a pending invitation replaces it, so the latest mail is the one that works.
+        If the mail cannot be sent this raises and the caller's transaction is not committed.
         """
         email = normalize_email(email)
         now = utcnow()
-        with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
-            tenant = await self.db.get(Tenant, tenant_id) if tenant_id else None
-            if tenant is not None and tenant.status in ("deleting", "deleted"):
-                raise Conflict(f"The tenant is {tenant.status}; nobody can join it.", code="tenant_deleted")
-            user = await self._user_by_email(email)
-            if tenant_id is not None and user is not None:
-                member = await self.db.scalar(
-                    select(Membership).where(Membership.tenant_id == tenant_id, Membership.user_id == user.id)
-                )
-                if member is not None:
-                    raise Conflict(f"{email} is already a member of this tenant.", code="already_member")
-            if tenant_id is None and user is not None and user.platform_role == role:
-                raise Conflict(f"{email} already has the {role} role.", code="already_has_role")
-            pending = await self.db.scalars(
-                select(Invite).where(
-                    Invite.email == email,
-                    Invite.tenant_id == tenant_id if tenant_id else Invite.tenant_id.is_(None),
-                    Invite.accepted_at.is_(None),
-                    Invite.revoked_at.is_(None),
-                )
+        tenant = await self.db.get(Tenant, tenant_id) if tenant_id else None
+        if tenant is not None and tenant.status in ("deleting", "deleted"):
+            raise Conflict(f"The tenant is {tenant.status}; nobody can join it.", code="tenant_deleted")
+        user = await self._user_by_email(email)
+        if tenant_id is not None and user is not None:
+            member = await self.db.scalar(
+                select(Membership).where(Membership.tenant_id == tenant_id, Membership.user_id == user.id)
             )
-            for old in pending:
-                old.revoked_at = now
-            token = new_token(INVITE_PREFIX)
-            invite = Invite(
-                id=new_id("inv"),
-                tenant_id=tenant_id,
-                email=email,
-                role=role,
-                token_hash=token_hash(token),
-                invited_by=invited_by,
-                created_at=now,
-                expires_at=now + dt.timedelta(seconds=self.settings.invite_ttl_seconds),
+            if member is not None:
+                raise Conflict(f"{email} is already a member of this tenant.", code="already_member")
+        if tenant_id is None and user is not None and user.platform_role == role:
+            raise Conflict(f"{email} already has the {role} role.", code="already_has_role")
+        pending = await self.db.scalars(
+            select(Invite).where(
+                Invite.email == email,
+                Invite.tenant_id == tenant_id if tenant_id else Invite.tenant_id.is_(None),
+                Invite.accepted_at.is_(None),
+                Invite.revoked_at.is_(None),
             )
-            self.db.add(invite)
-            self.audit.record(
-                "invite.created",
-                tenant_id=tenant_id,
-                target_type="invite",
-                target_id=invite.id,
-                details={"email": email, "role": role},
-            )
-            await self.db.flush()
-            await self.mailer.send(self._invite_mail(email, role, token, tenant, invite.expires_at))
-            await self.db.commit()
+        )
+        for old in pending:
+            old.revoked_at = now
+        token = new_token(INVITE_PREFIX)
+        invite = Invite(
+            id=new_id("inv"),
+            tenant_id=tenant_id,
+            email=email,
+            role=role,
+            token_hash=token_hash(token),
+            invited_by=invited_by,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=self.settings.invite_ttl_seconds),
+        )
+        self.db.add(invite)
+        self.audit.record(
+            "invite.created",
+            tenant_id=tenant_id,
+            target_type="invite",
+            target_id=invite.id,
+            details={"email": email, "role": role},
+        )
+        await self.db.flush()
+        await self.mailer.send(self._invite_mail(email, role, token, tenant, invite.expires_at))
         return invite_view(invite, now)
 
     def _invite_mail(

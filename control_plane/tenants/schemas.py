@@ -15,10 +15,19 @@ Template = Literal["base", "ecommerce", "saas", "real_estate"]
 TenantStatus = Literal["pending", "provisioning", "active", "suspended", "deleting", "deleted"]
 assert set(TenantStatus.__args__) == set(TENANT_STATUSES)  # type: ignore[attr-defined]
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Printable text: no control characters (names go into mail subjects and logs).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")]
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", description="DNS-label style")]
 Region = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$", examples=["eu-west-1"])]
-Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$", max_length=320)]
+# One plain address (no display name, no list): local part of RFC 5322 atoms, a DNS host name.
+Email = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$",
+        max_length=254,
+        examples=["ana@example.com"],
+    ),
+]
 
 
 class TenantCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -67,12 +67,14 @@ class TenantService:
                 details={"slug": slug, "plan": data.plan, "deployment_pattern": data.deployment_pattern},
             )
             try:
-                await self.db.commit()
+                await self.db.flush()
             except IntegrityError:
                 await self.db.rollback()
                 raise Conflict(f"The slug {slug!r} is taken; choose another.", code="slug_taken") from None
-        if data.owner_email:
-            await self.identity.invite(tenant.id, data.owner_email, "owner", created_by)
+            # One transaction: if the owner's invitation cannot be mailed, no tenant is left behind.
+            if data.owner_email:
+                await self.identity.stage_invite(tenant.id, data.owner_email, "owner", created_by)
+            await self.db.commit()
         return tenant_view(tenant)
 
     async def list(
