@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -207,14 +207,3 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
 
     return middleware
 
-
-__all__ = [
-    "EXCEPTION_HANDLERS",
-    "MediaType",
-    "PROBLEM_JSON",
-    "Problem",
-    "RequestContext",
-    "current_request",
-    "problem_response",
-    "request_context_middleware",
-]

@@ -147,7 +147,8 @@ def _banner(settings: Settings, bootstrap_password: str | None) -> None:
             "",
         ]
     else:
-        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one.", ""]
+        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one."]
+        lines.append("")
     lines.append("Press Ctrl+C to stop.")
     print("\n".join(lines), flush=True)
 
