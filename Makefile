@@ -21,9 +21,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/livora run
 
-## test: the whole suite (SQLite and PostgreSQL, memory and Redis drivers)
-test: $(STAMP)
+## test: lint, then the whole suite (SQLite and PostgreSQL, memory and Redis drivers)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 migrate: $(STAMP)
 	$(BIN)/livora migrate

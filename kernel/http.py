@@ -206,4 +206,3 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
             exit_request(token)
 
     return middleware
-

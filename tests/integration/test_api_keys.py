@@ -84,7 +84,9 @@ def test_expiry(client, world, aio):
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)).isoformat()
     created = create(client, world, expires_at=future)
     assert client.get(f"/api/v1/tenants/{world.a.id}", headers=bearer(created["secret"])).status_code == 200
-    set_columns(world, aio, ApiKey, created["api_key"]["id"], expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    set_columns(
+        world, aio, ApiKey, created["api_key"]["id"], expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
     problem(client.get(f"/api/v1/tenants/{world.a.id}", headers=bearer(created["secret"])), 401, "invalid_api_key")
     listed = client.get(keys_url(world.a.id), headers=world.a.members["admin"].headers).json()["items"]
     assert {k["id"]: k["status"] for k in listed}[created["api_key"]["id"]] == "expired"
@@ -93,9 +95,21 @@ def test_expiry(client, world, aio):
 def test_expiry_must_be_future_and_carry_an_offset(client, world):
     admin = world.a.members["admin"].headers
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(days=1)).isoformat()
-    problem(client.post(keys_url(world.a.id), json={"name": "x", "scopes": ["tenant:read"], "expires_at": past}, headers=admin), 400, "expiry_in_past")
+    problem(
+        client.post(
+            keys_url(world.a.id), json={"name": "x", "scopes": ["tenant:read"], "expires_at": past}, headers=admin
+        ),
+        400,
+        "expiry_in_past",
+    )
     naive = "2099-01-01T00:00:00"
-    problem(client.post(keys_url(world.a.id), json={"name": "x", "scopes": ["tenant:read"], "expires_at": naive}, headers=admin), 400, "validation_failed")
+    problem(
+        client.post(
+            keys_url(world.a.id), json={"name": "x", "scopes": ["tenant:read"], "expires_at": naive}, headers=admin
+        ),
+        400,
+        "validation_failed",
+    )
 
 
 def test_rotation_without_grace_ends_the_old_secret_at_once(client, world):
@@ -114,7 +128,11 @@ def test_rotation_with_grace_keeps_the_old_secret_for_a_while(client, world, aio
     created = create(client, world)
     key_id = created["api_key"]["id"]
     url = f"{keys_url(world.a.id)}/{key_id}/rotate"
-    problem(client.post(url, json={"grace_period_seconds": 10**9}, headers=world.a.members["admin"].headers), 400, "grace_period_too_long")
+    problem(
+        client.post(url, json={"grace_period_seconds": 10**9}, headers=world.a.members["admin"].headers),
+        400,
+        "grace_period_too_long",
+    )
     new = client.post(url, json={"grace_period_seconds": 3600}, headers=world.a.members["admin"].headers).json()
     assert new["api_key"]["previous_valid_until"]
     for secret in (created["secret"], new["secret"]):
@@ -156,4 +174,8 @@ def test_pagination_of_keys(client, world):
         if cursor is None:
             break
     assert len(seen) == len(set(seen)) == 7  # 5 new + the world's 2
-    problem(client.get(keys_url(world.a.id), params={"cursor": "not-a-cursor"}, headers=world.a.members["admin"].headers), 400, "invalid_cursor")
+    problem(
+        client.get(keys_url(world.a.id), params={"cursor": "not-a-cursor"}, headers=world.a.members["admin"].headers),
+        400,
+        "invalid_cursor",
+    )

@@ -16,12 +16,15 @@ def entries(client, headers, url="/api/v1/audit", **params):
 def test_successful_change_is_audited_with_actor_ip_and_request_id(client, world):
     admin = world.a.members["admin"]
     response = client.post(
-        f"/api/v1/tenants/{world.a.id}/api-keys", json={"name": "k", "scopes": ["tenant:read"]},
+        f"/api/v1/tenants/{world.a.id}/api-keys",
+        json={"name": "k", "scopes": ["tenant:read"]},
         headers={**admin.headers, "X-Request-ID": "req-audit-1"},
     )
     assert response.headers["x-request-id"] == "req-audit-1"
     key_id = response.json()["api_key"]["id"]
-    [entry] = entries(client, admin.headers, f"/api/v1/tenants/{world.a.id}/audit", action="api_key.created", target_id=key_id)
+    [entry] = entries(
+        client, admin.headers, f"/api/v1/tenants/{world.a.id}/audit", action="api_key.created", target_id=key_id
+    )
     assert entry["actor_type"] == "user" and entry["actor_id"] == admin.user_id and entry["actor_label"] == admin.email
     assert entry["tenant_id"] == world.a.id and entry["target_type"] == "api_key"
     assert entry["outcome"] == "success" and entry["source_ip"] == "127.0.0.1"
@@ -31,10 +34,24 @@ def test_successful_change_is_audited_with_actor_ip_and_request_id(client, world
 
 def test_denied_and_failed_mutations_are_audited(client, world):
     viewer = world.a.members["viewer"]
-    problem(client.post(f"/api/v1/tenants/{world.a.id}/api-keys", json={"name": "k", "scopes": ["tenant:read"]}, headers=viewer.headers), 403, "permission_denied")
-    problem(client.post("/api/v1/auth/login", json={"email": "intruder@example.com", "password": "guessing games"}), 401, "invalid_login")
+    problem(
+        client.post(
+            f"/api/v1/tenants/{world.a.id}/api-keys",
+            json={"name": "k", "scopes": ["tenant:read"]},
+            headers=viewer.headers,
+        ),
+        403,
+        "permission_denied",
+    )
+    problem(
+        client.post("/api/v1/auth/login", json={"email": "intruder@example.com", "password": "guessing games"}),
+        401,
+        "invalid_login",
+    )
     owner = world.a.members["owner"]
-    problem(client.delete(f"/api/v1/tenants/{world.a.id}/members/{owner.user_id}", headers=owner.headers), 409, "last_owner")
+    problem(
+        client.delete(f"/api/v1/tenants/{world.a.id}/members/{owner.user_id}", headers=owner.headers), 409, "last_owner"
+    )
 
     ops = world.platform["ops_admin"].headers
     [denied] = entries(client, ops, action="api_key.created", outcome="denied")
@@ -48,8 +65,16 @@ def test_denied_and_failed_mutations_are_audited(client, world):
 def test_probes_of_a_foreign_tenant_stay_out_of_its_trail(client, world):
     """A stranger's attempts on tenant B are recorded for staff, not written into B's own trail."""
     intruder = world.a.members["owner"]
-    problem(client.post(f"/api/v1/tenants/{world.b.id}/invites", json={"email": "x@y.test"}, headers=intruder.headers), 404, "tenant_not_found")
-    problem(client.post(f"/api/v1/tenants/{world.b.id}/api-keys", json={"name": "k", "scopes": ["tenant:read"]}), 401, "not_authenticated")
+    problem(
+        client.post(f"/api/v1/tenants/{world.b.id}/invites", json={"email": "x@y.test"}, headers=intruder.headers),
+        404,
+        "tenant_not_found",
+    )
+    problem(
+        client.post(f"/api/v1/tenants/{world.b.id}/api-keys", json={"name": "k", "scopes": ["tenant:read"]}),
+        401,
+        "not_authenticated",
+    )
     b_trail = entries(client, world.b.members["owner"].headers, f"/api/v1/tenants/{world.b.id}/audit")
     assert [e for e in b_trail if e["outcome"] != "success"] == []
     probes = entries(client, world.platform["ops_admin"].headers, outcome="denied")
@@ -60,9 +85,15 @@ def test_probes_of_a_foreign_tenant_stay_out_of_its_trail(client, world):
 
 
 def test_tenant_admins_see_their_tenant_and_staff_see_all(client, world):
-    client.post(f"/api/v1/tenants/{world.a.id}/invites", json={"email": "x@a.test"}, headers=world.a.members["admin"].headers)
-    client.post(f"/api/v1/tenants/{world.b.id}/invites", json={"email": "y@b.test"}, headers=world.b.members["admin"].headers)
-    client.post("/api/v1/auth/login", json={"email": world.a.members["owner"].email, "password": "correct horse battery staple"})
+    client.post(
+        f"/api/v1/tenants/{world.a.id}/invites", json={"email": "x@a.test"}, headers=world.a.members["admin"].headers
+    )
+    client.post(
+        f"/api/v1/tenants/{world.b.id}/invites", json={"email": "y@b.test"}, headers=world.b.members["admin"].headers
+    )
+    client.post(
+        "/api/v1/auth/login", json={"email": world.a.members["owner"].email, "password": "correct horse battery staple"}
+    )
     a_entries = entries(client, world.a.members["admin"].headers, f"/api/v1/tenants/{world.a.id}/audit")
     assert a_entries and {e["tenant_id"] for e in a_entries} == {world.a.id}
     everything = entries(client, world.platform["ops_viewer"].headers)

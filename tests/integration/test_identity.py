@@ -87,7 +87,12 @@ def test_lockout_doubles_and_clears_on_success(kv_driver, settings, request, uni
     from tests.support.server import LiveServer
     from tests.support.world import World
 
-    overrides = {"login_max_failures": 2, "login_lockout_seconds": 1, "kv_driver": kv_driver, "kv_prefix": unique_prefix}
+    overrides = {
+        "login_max_failures": 2,
+        "login_lockout_seconds": 1,
+        "kv_driver": kv_driver,
+        "kv_prefix": unique_prefix,
+    }
     if kv_driver == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_url")
     tuned = msgspec.structs.replace(settings, **overrides)
@@ -148,7 +153,9 @@ def test_expired_session_is_refused(client, world, aio):
         async with world.runtime.services() as services:
             return (await services.db.scalars(select(UserSession.id).where(UserSession.user_id == actor.user_id))).one()
 
-    set_columns(world, aio, UserSession, aio(session_id()), expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    set_columns(
+        world, aio, UserSession, aio(session_id()), expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    )
     problem(client.get(ME, headers=actor.headers), 401, "invalid_session")
 
 
@@ -158,7 +165,11 @@ def test_change_password(client, world):
     other = login(client, email).json()["token"]
     change = "/api/v1/auth/password"
     problem(
-        client.post(change, json={"current_password": "wrong one!!!", "new_password": "a brand new secret"}, headers=bearer(current)),
+        client.post(
+            change,
+            json={"current_password": "wrong one!!!", "new_password": "a brand new secret"},
+            headers=bearer(current),
+        ),
         400,
         "invalid_current_password",
     )
@@ -168,7 +179,9 @@ def test_change_password(client, world):
         "password_too_short",
     )
     assert (
-        client.post(change, json={"current_password": PASSWORD, "new_password": "a brand new secret"}, headers=bearer(current)).status_code
+        client.post(
+            change, json={"current_password": PASSWORD, "new_password": "a brand new secret"}, headers=bearer(current)
+        ).status_code
         == 204
     )
     assert client.get(ME, headers=bearer(current)).status_code == 200
@@ -180,7 +193,9 @@ def test_change_password(client, world):
 def test_invite_accept_and_sign_in(client, world, settings):
     admin = world.a.members["admin"]
     response = client.post(
-        f"/api/v1/tenants/{world.a.id}/invites", json={"email": "New.Person@Example.com", "role": "analyst"}, headers=admin.headers
+        f"/api/v1/tenants/{world.a.id}/invites",
+        json={"email": "New.Person@Example.com", "role": "analyst"},
+        headers=admin.headers,
     )
     assert response.status_code == 201, response.text
     invite = response.json()
@@ -190,11 +205,19 @@ def test_invite_accept_and_sign_in(client, world, settings):
     token = invite_token_for(settings, "new.person@example.com")
 
     problem(client.post("/api/v1/invites/accept", json={"token": token}), 400, "password_required")
-    problem(client.post("/api/v1/invites/accept", json={"token": token, "password": "short"}), 400, "password_too_short")
-    accepted = client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok", "name": "New Person"})
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": token, "password": "short"}), 400, "password_too_short"
+    )
+    accepted = client.post(
+        "/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok", "name": "New Person"}
+    )
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["role"] == "analyst" and accepted.json()["tenant_id"] == world.a.id
-    problem(client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}), 409, "invite_already_used")
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}),
+        409,
+        "invite_already_used",
+    )
 
     session = login(client, "new.person@example.com", "twelve chars ok").json()
     me = client.get(ME, headers=bearer(session["token"])).json()
@@ -207,9 +230,14 @@ def test_invite_accept_and_sign_in(client, world, settings):
 def test_existing_user_accepts_invite_to_a_second_tenant(client, world, settings):
     person = world.a.members["sales"]
     owner_b = world.b.members["owner"]
-    assert client.post(
-        f"/api/v1/tenants/{world.b.id}/invites", json={"email": person.email, "role": "admin"}, headers=owner_b.headers
-    ).status_code == 201
+    assert (
+        client.post(
+            f"/api/v1/tenants/{world.b.id}/invites",
+            json={"email": person.email, "role": "admin"},
+            headers=owner_b.headers,
+        ).status_code
+        == 201
+    )
     token = invite_token_for(settings, person.email)
     assert client.post("/api/v1/invites/accept", json={"token": token}).status_code == 200
     roles = {m["tenant_id"]: m["role"] for m in client.get(ME, headers=person.headers).json()["memberships"]}
@@ -231,7 +259,11 @@ def test_expired_revoked_and_unknown_invites(client, world, settings, aio):
     first = client.post(url, json={"email": "late@example.com"}, headers=admin.headers).json()
     token = invite_token_for(settings, "late@example.com")
     set_columns(world, aio, Invite, first["id"], expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
-    problem(client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}), 410, "invite_expired")
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}),
+        410,
+        "invite_expired",
+    )
     assert client.get(url, headers=admin.headers).json()["items"][0]["status"] == "expired"
 
     # A re-invite replaces the pending one: the old code stops working.
@@ -240,45 +272,72 @@ def test_expired_revoked_and_unknown_invites(client, world, settings, aio):
     client.post(url, json={"email": "twice@example.com"}, headers=admin.headers)
     new = invite_token_for(settings, "twice@example.com")
     assert old != new
-    problem(client.post("/api/v1/invites/accept", json={"token": old, "password": "twelve chars ok"}), 404, "invite_not_found")
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": old, "password": "twelve chars ok"}),
+        404,
+        "invite_not_found",
+    )
 
     withdrawn = client.post(url, json={"email": "gone@example.com"}, headers=admin.headers).json()
     token = invite_token_for(settings, "gone@example.com")
     assert client.delete(f"{url}/{withdrawn['id']}", headers=admin.headers).json()["status"] == "revoked"
-    problem(client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}), 404, "invite_not_found")
-    problem(client.post("/api/v1/invites/accept", json={"token": new[:-3] + "xyz", "password": "twelve chars ok"}), 404, "invite_not_found")
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}),
+        404,
+        "invite_not_found",
+    )
+    problem(
+        client.post("/api/v1/invites/accept", json={"token": new[:-3] + "xyz", "password": "twelve chars ok"}),
+        404,
+        "invite_not_found",
+    )
     assert client.post("/api/v1/invites/accept", json={"token": new, "password": "twelve chars ok"}).status_code == 200
 
 
 def test_platform_invite_grants_platform_role(client, world, settings):
     ops = world.platform["ops_admin"]
-    response = client.post("/api/v1/platform/invites", json={"email": "analyst@livora.test", "role": "ops_viewer"}, headers=ops.headers)
+    response = client.post(
+        "/api/v1/platform/invites", json={"email": "analyst@livora.test", "role": "ops_viewer"}, headers=ops.headers
+    )
     assert response.status_code == 201 and response.json()["tenant_id"] is None
     token = invite_token_for(settings, "analyst@livora.test")
-    assert client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}).status_code == 200
+    assert (
+        client.post("/api/v1/invites/accept", json={"token": token, "password": "twelve chars ok"}).status_code == 200
+    )
     session = login(client, "analyst@livora.test", "twelve chars ok").json()
     assert session["user"]["platform_role"] == "ops_viewer"
     assert client.get("/api/v1/users", headers=bearer(session["token"])).status_code == 200
-    problem(client.post("/api/v1/tenants", json={"name": "x"}, headers=bearer(session["token"])), 403, "permission_denied")
+    problem(
+        client.post("/api/v1/tenants", json={"name": "x"}, headers=bearer(session["token"])), 403, "permission_denied"
+    )
 
 
 def test_suspended_tenant_refuses_its_users_and_keys_but_not_staff(client, world):
     ops = world.platform["ops_admin"]
-    assert client.post(f"/api/v1/tenants/{world.a.id}/suspend", json={"reason": "unpaid"}, headers=ops.headers).json()["status"] == "suspended"
+    assert (
+        client.post(f"/api/v1/tenants/{world.a.id}/suspend", json={"reason": "unpaid"}, headers=ops.headers).json()[
+            "status"
+        ]
+        == "suspended"
+    )
     for actor in [*world.a.members.values(), *world.a.keys.values()]:
         problem(client.get(f"/api/v1/tenants/{world.a.id}", headers=actor.headers), 403, "tenant_suspended")
     assert client.get(f"/api/v1/tenants/{world.a.id}", headers=world.platform["ops_viewer"].headers).status_code == 200
     # Tenant B is untouched.
     assert client.get(f"/api/v1/tenants/{world.b.id}", headers=world.b.members["viewer"].headers).status_code == 200
     assert client.post(f"/api/v1/tenants/{world.a.id}/reactivate", headers=ops.headers).json()["status"] == "active"
-    assert client.get(f"/api/v1/tenants/{world.a.id}", headers=world.a.keys["key_read_tenant"].headers).status_code == 200
+    assert (
+        client.get(f"/api/v1/tenants/{world.a.id}", headers=world.a.keys["key_read_tenant"].headers).status_code == 200
+    )
 
 
 def test_deleted_tenant_is_gone_for_its_users(client, world, aio):
     ops = world.platform["ops_admin"]
     client.post(f"/api/v1/tenants/{world.a.id}/suspend", headers=ops.headers)
     assert client.delete(f"/api/v1/tenants/{world.a.id}", headers=ops.headers).json()["status"] == "deleted"
-    problem(client.get(f"/api/v1/tenants/{world.a.id}", headers=world.a.members["owner"].headers), 404, "tenant_not_found")
+    problem(
+        client.get(f"/api/v1/tenants/{world.a.id}", headers=world.a.members["owner"].headers), 404, "tenant_not_found"
+    )
     # Its API keys stop working everywhere.
     for url in (f"/api/v1/tenants/{world.a.id}", ME, "/api/v1/tenants"):
         problem(client.get(url, headers=world.a.keys["key_all"].headers), 401, "invalid_api_key")
@@ -308,7 +367,7 @@ def test_invites_go_through_a_real_smtp_server(settings, aio, tmp_path):
     received: list[tuple[str, bytes]] = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        async def handle_DATA(self, server, session, envelope):
             received.append((envelope.rcpt_tos[0], envelope.content))
             return "250 OK"
 
@@ -325,7 +384,8 @@ def test_invites_go_through_a_real_smtp_server(settings, aio, tmp_path):
         try:
             with httpx.Client(base_url=live.url) as client:
                 response = client.post(
-                    f"/api/v1/tenants/{world.a.id}/invites", json={"email": "smtp@example.com", "role": "viewer"},
+                    f"/api/v1/tenants/{world.a.id}/invites",
+                    json={"email": "smtp@example.com", "role": "viewer"},
                     headers=world.a.members["owner"].headers,
                 )
                 assert response.status_code == 201, response.text

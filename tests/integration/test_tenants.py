@@ -25,12 +25,20 @@ def test_create_with_defaults_and_derived_slug(client, ops):
 
 def test_create_with_everything_invites_the_owner(client, ops, settings):
     body = {
-        "name": "Dream Homes", "slug": "dream-homes", "plan": "enterprise", "deployment_pattern": "A",
-        "region": "eu-central-1", "template": "real_estate", "owner_email": "boss@dream.test",
+        "name": "Dream Homes",
+        "slug": "dream-homes",
+        "plan": "enterprise",
+        "deployment_pattern": "A",
+        "region": "eu-central-1",
+        "template": "real_estate",
+        "owner_email": "boss@dream.test",
     }
     tenant = client.post(URL, json=body, headers=ops).json()
     assert {k: tenant[k] for k in ("slug", "plan", "deployment_pattern", "region", "template")} == {
-        "slug": "dream-homes", "plan": "enterprise", "deployment_pattern": "A", "region": "eu-central-1",
+        "slug": "dream-homes",
+        "plan": "enterprise",
+        "deployment_pattern": "A",
+        "region": "eu-central-1",
         "template": "real_estate",
     }
     token = invite_token_for(settings, "boss@dream.test")
@@ -73,7 +81,9 @@ def test_slug_is_unique(client, ops):
 
 def test_list_filters_and_cursor_pagination(client, ops, world):
     for i in range(7):
-        client.post(URL, json={"name": f"Shop {i}", "plan": "growth" if i % 2 else "free", "region": "eu-west-1"}, headers=ops)
+        client.post(
+            URL, json={"name": f"Shop {i}", "plan": "growth" if i % 2 else "free", "region": "eu-west-1"}, headers=ops
+        )
     ids: list[str] = []
     cursor = None
     while True:
@@ -88,7 +98,9 @@ def test_list_filters_and_cursor_pagination(client, ops, world):
     assert {t["plan"] for t in growth} == {"growth"} and len(growth) == 3 + 2
     shops = client.get(URL, params={"q": "SHOP", "plan": "free"}, headers=ops).json()["items"]
     assert sorted(t["name"] for t in shops) == ["Shop 0", "Shop 2", "Shop 4", "Shop 6"]
-    assert client.get(URL, params={"status": "pending", "region": "eu-west-1"}, headers=ops).json()["items"].__len__() == 7
+    assert (
+        client.get(URL, params={"status": "pending", "region": "eu-west-1"}, headers=ops).json()["items"].__len__() == 7
+    )
     assert client.get(URL, params={"deployment_pattern": "A"}, headers=ops).json()["items"] == []
     problem(client.get(URL, params={"status": "bogus"}, headers=ops), 400, "validation_failed")
     problem(client.get(URL, params={"limit": 0}, headers=ops), 400, "validation_failed")
@@ -129,7 +141,10 @@ def test_lifecycle_and_illegal_transitions(client, ops):
         problem(client.post(f"{url}/{action}", headers=ops), 409, "illegal_transition")
     problem(client.patch(url, json={"name": "zombie"}, headers=ops), 409, "tenant_deleted")
     problem(client.delete(url, headers=ops), 409, "illegal_transition")
-    actions = [e["action"] for e in client.get(f"{url}/audit", params={"limit": 200, "outcome": "success"}, headers=ops).json()["items"]]
+    actions = [
+        e["action"]
+        for e in client.get(f"{url}/audit", params={"limit": 200, "outcome": "success"}, headers=ops).json()["items"]
+    ]
     assert actions[::-1][:4] == ["tenant.created", "tenant.provisioning", "tenant.active", "tenant.suspended"]
     assert actions[:2] == ["tenant.deleted", "tenant.deleting"]
 

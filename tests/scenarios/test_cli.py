@@ -49,7 +49,11 @@ class Running:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*LIVORA, "run", "--port", str(self.port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*LIVORA, "run", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.banner = ""
         deadline = time.monotonic() + 60
@@ -97,7 +101,10 @@ def test_first_run_creates_a_bootstrap_admin_and_logs_json(database_url, tmp_pat
         tenant = httpx.post(
             f"{server.url}/api/v1/tenants", json={"name": "From the CLI"}, headers={"Authorization": f"Bearer {token}"}
         ).json()
-        httpx.get(f"{server.url}/api/v1/tenants/{tenant['id']}", headers={"Authorization": f"Bearer {token}", "X-Request-ID": "cli-log-1"})
+        httpx.get(
+            f"{server.url}/api/v1/tenants/{tenant['id']}",
+            headers={"Authorization": f"Bearer {token}", "X-Request-ID": "cli-log-1"},
+        )
     finally:
         stderr = server.stop()
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
@@ -119,7 +126,9 @@ def test_migrate_and_create_admin(database_url, tmp_path):
     created = livora("create-admin", "--email", "Root@Example.com", env=env)
     assert created.returncode == 0, created.stderr
     password = re.search(r"Password: (\S+)", created.stdout).group(1)  # type: ignore[union-attr]
-    reset = livora("create-admin", "--email", "root@example.com", "--password-stdin", env=env, stdin="a chosen password\n")
+    reset = livora(
+        "create-admin", "--email", "root@example.com", "--password-stdin", env=env, stdin="a chosen password\n"
+    )
     assert reset.returncode == 0 and "Password:" not in reset.stdout
     weak = livora("create-admin", "--email", "root@example.com", "--password-stdin", env=env, stdin="short\n")
     assert weak.returncode == 1 and "at least 12 characters" in weak.stderr
@@ -127,7 +136,9 @@ def test_migrate_and_create_admin(database_url, tmp_path):
     try:
         bad = httpx.post(f"{server.url}/api/v1/auth/login", json={"email": "root@example.com", "password": password})
         assert bad.status_code == 401
-        good = httpx.post(f"{server.url}/api/v1/auth/login", json={"email": "root@example.com", "password": "a chosen password"})
+        good = httpx.post(
+            f"{server.url}/api/v1/auth/login", json={"email": "root@example.com", "password": "a chosen password"}
+        )
         assert good.status_code == 200
     finally:
         server.stop()

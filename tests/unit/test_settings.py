@@ -57,7 +57,9 @@ def test_redis_driver_needs_a_url():
         load_settings(Settings, environ={"LIVORA_KV_DRIVER": "redis"})
 
 
-@pytest.mark.parametrize(("field", "variable"), [("kv_driver", "LIVORA_KV_DRIVER"), ("mail_driver", "LIVORA_MAIL_DRIVER")])
+@pytest.mark.parametrize(
+    ("field", "variable"), [("kv_driver", "LIVORA_KV_DRIVER"), ("mail_driver", "LIVORA_MAIL_DRIVER")]
+)
 def test_unknown_driver_stops_start_up_listing_the_valid_ones(field, variable, tmp_path):
     settings = Settings(data_dir=str(tmp_path), **{field: "carrier-pigeon"})
     with pytest.raises(ConfigError) as caught:
@@ -76,8 +78,9 @@ def test_registry():
 
 
 def test_every_setting_is_documented():
-    import msgspec
     from pathlib import Path
+
+    import msgspec
 
     text = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     missing = [f.name for f in msgspec.structs.fields(Settings) if f"`LIVORA_{f.name.upper()}`" not in text]
