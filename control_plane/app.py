@@ -167,6 +167,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         on_shutdown=[close_runtime],
         signature_types=[Runtime, Problem],
         debug=False,
+        # Logging is the process's business (kernel.logging), not the app's: keep Litestar's hands off the root logger.
+        logging_config=None,
     )
     declare_problems(app)
     return app

@@ -38,6 +38,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic announces each of its plugins at INFO; only its migration lines are worth reading.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # NOTE: uvicorn installs its own handlers; send its records through ours instead.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -29,9 +29,9 @@ class Authorizer:
     """
 
     def __init__(self, model: Path = HERE / "model.conf", policy: Path = HERE / "policy.csv") -> None:
-        self.enforcer = casbin.Enforcer(str(model), str(policy))
-        # casbin logs every decision at INFO; our audit trail records what matters.
+        # casbin logs its policy and every decision at INFO; our audit trail records what matters.
         logging.getLogger("casbin").setLevel(logging.WARNING)
+        self.enforcer = casbin.Enforcer(str(model), str(policy))
         self.enforcer.add_named_domain_matching_func("g", key_match)
 
     def role_allows(self, role: str, domain: str, obj: str, act: str) -> bool:
