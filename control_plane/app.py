@@ -27,6 +27,7 @@ from control_plane.identity.routes import (
 from control_plane.memberships.routes import MemberController
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
+from control_plane.sources.routes import SourceController
 from control_plane.tenants.routes import TenantController
 from kernel.errors import Unavailable
 from kernel.http import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, request_context_middleware
@@ -76,7 +77,13 @@ def openapi_config() -> OpenAPIConfig:
             }
         ),
         security=[{"bearer": []}, {"session_cookie": []}],
-        tags=[Tag(name="Tenants"), Tag(name="Members"), Tag(name="Invitations"), Tag(name="API keys")],
+        tags=[
+            Tag(name="Tenants"),
+            Tag(name="Members"),
+            Tag(name="Invitations"),
+            Tag(name="API keys"),
+            Tag(name="Sources"),
+        ],
         create_examples=False,
         use_handler_docstrings=True,
     )
@@ -93,6 +100,7 @@ ROUTES = [
     PlatformInviteController,
     InviteAcceptController,
     ApiKeyController,
+    SourceController,
     AuditController,
 ]
 

@@ -16,6 +16,7 @@ from control_plane.identity.service import IdentityService
 from control_plane.memberships.service import MembershipService
 from control_plane.rbac.authorizer import Authorizer, default_authorizer
 from control_plane.settings import Settings
+from control_plane.sources.service import SourceService
 from control_plane.tenants.service import TenantService
 from kernel.db import create_engine, create_sessionmaker
 from kernel.ports.kv import KeyValueStore, kv_drivers
@@ -98,6 +99,10 @@ class Services:
     @cached_property
     def members(self) -> MembershipService:
         return MembershipService(self.db, self.audit)
+
+    @cached_property
+    def sources(self) -> SourceService:
+        return SourceService(self.db, self.audit, self.runtime.settings.api_key_max_grace_seconds)
 
     @cached_property
     def api_keys(self) -> ApiKeyService:

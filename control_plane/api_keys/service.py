@@ -12,7 +12,7 @@ from control_plane.api_keys import schemas
 from control_plane.audit.service import AuditService
 from control_plane.db.models import ApiKey, Tenant
 from control_plane.identity.principal import Principal
-from control_plane.identity.secrets import token_hash
+from control_plane.identity.secrets import previous_after_rotation, still_valid, token_hash
 from kernel.db import new_id, utcnow
 from kernel.errors import Conflict, NotFound, ValidationFailed
 from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
@@ -139,12 +139,9 @@ class ApiKeyService:
             if key.revoked_at is not None:
                 raise Conflict("A revoked key cannot be rotated; create a new key.", code="api_key_revoked")
             secret, visible = new_secret()
-            if data.grace_period_seconds:
-                key.previous_secret_hash = key.secret_hash
-                key.previous_valid_until = now + dt.timedelta(seconds=data.grace_period_seconds)
-            else:
-                key.previous_secret_hash = None
-                key.previous_valid_until = None
+            key.previous_secret_hash, key.previous_valid_until = previous_after_rotation(
+                key.secret_hash, data.grace_period_seconds, now
+            )
             key.secret_hash = token_hash(secret)
             key.prefix = visible
             key.rotated_at = now
@@ -175,7 +172,7 @@ class ApiKeyService:
                 return None
             if key.expires_at is not None and key.expires_at <= now:
                 return None
-            if key.secret_hash != digest and (key.previous_valid_until is None or key.previous_valid_until <= now):
+            if not still_valid(key.secret_hash, key.previous_valid_until, digest, now):
                 return None
             if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
                 await self.db.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))

@@ -118,6 +118,30 @@ class ApiKey(TenantScoped, Base):
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class Source(TenantScoped, Base):
+    """Where a tenant's events come from; its write key authenticates the SDK at the cell."""
+
+    __tablename__ = "sources"
+    __table_args__ = (CheckConstraint("kind IN ('web', 'server', 'mobile')", name="kind"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)  # type: ignore[assignment]
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(10))
+    write_key_prefix: Mapped[str] = mapped_column(String(24))
+    write_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The key a rotation replaced, honoured until previous_valid_until.
+    previous_write_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    previous_valid_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Browser sources: the page origins allowed to send with this key (CORS).
+    allowed_origins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    rotated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEntry(TenantScoped, Base):
     """Append-only: no API edits or deletes it, and a database trigger refuses UPDATE and DELETE."""
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import hmac
 import secrets
 
 import anyio.to_thread
@@ -59,5 +59,15 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a, b)
+def previous_after_rotation(
+    current_hash: str, grace_seconds: int, now: dt.datetime
+) -> tuple[str | None, dt.datetime | None]:
+    """On rotation, the old secret's hash and until when it stays valid: kept for the grace, else dropped."""
+    if grace_seconds:
+        return current_hash, now + dt.timedelta(seconds=grace_seconds)
+    return None, None
+
+
+def still_valid(current_hash: str, previous_valid_until: dt.datetime | None, digest: str, now: dt.datetime) -> bool:
+    """A digest matched either the current secret, or the previous one inside its grace period."""
+    return digest == current_hash or (previous_valid_until is not None and previous_valid_until > now)

@@ -14,6 +14,7 @@ import pytest
 from control_plane.api_keys.schemas import ApiKeyCreate
 from control_plane.db.models import Invite, Membership, Tenant, User
 from control_plane.identity.secrets import new_token, token_hash
+from control_plane.sources.schemas import SourceCreate
 from kernel.db import new_id, utcnow
 from kernel.tenancy import tenant_scope
 from tests.support.world import PASSWORD, Actor, World
@@ -76,6 +77,13 @@ MATRIX: dict[str, frozenset[str]] = {
     "RotateApiKey": ADMIN_ONLY | A_MANAGERS,
     "RevokeApiKey": ADMIN_ONLY | A_MANAGERS,
     "ListTenantAuditEntries": OPS | A_MANAGERS | {"a:key_all"},
+    # Sources: every member sees them (no secrets after creation); owners and admins manage them.
+    "ListSources": OPS | A_ROLES | {"a:key_all"},
+    "GetSource": OPS | A_ROLES | {"a:key_all"},
+    "CreateSource": ADMIN_ONLY | A_MANAGERS,
+    "UpdateSource": ADMIN_ONLY | A_MANAGERS,
+    "RotateWriteKey": ADMIN_ONLY | A_MANAGERS,
+    "RevokeSource": ADMIN_ONLY | A_MANAGERS,
 }
 
 # Denials that are not the generic 403 `permission_denied` (beyond 401 for anonymous callers
@@ -177,6 +185,13 @@ class Env:
 
         return str(self._run(work))
 
+    def source(self) -> str:
+        async def work(services: Any) -> str:
+            created = await services.sources.create(self.a, SourceCreate(name="target", kind="server"), None)
+            return str(created.source.id)
+
+        return str(self._run(work))
+
     def tenant_status(self, status: str) -> None:
         async def work(services: Any) -> None:
             tenant = await services.db.get(Tenant, self.a)
@@ -237,6 +252,12 @@ PREPARE: dict[str, Callable[[Env], Call]] = {
     "RotateApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "RevokeApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "ListTenantAuditEntries": lambda env: Call(params={"tenant_id": env.a}),
+    "ListSources": lambda env: Call(params={"tenant_id": env.a}),
+    "GetSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.world.a.source_id}),
+    "CreateSource": lambda env: Call(params={"tenant_id": env.a}, json={"name": "site", "kind": "web"}),
+    "UpdateSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}, json={"name": "renamed"}),
+    "RotateWriteKey": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}),
+    "RevokeSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}),
 }
 
 

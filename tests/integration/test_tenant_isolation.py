@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from control_plane.db.models import ApiKey, Invite, Membership, Tenant, User
+from control_plane.db.models import ApiKey, Invite, Membership, Source, Tenant, User
 from kernel.db import new_id
 from kernel.pagination import decode_cursor
 from kernel.tenancy import tenant_scope
@@ -40,10 +40,16 @@ LEAK_CASES: dict[str, Any] = {
     "RotateApiKey": {"grace_period_seconds": 0},
     "RevokeApiKey": None,
     "ListTenantAuditEntries": None,
+    "ListSources": None,
+    "GetSource": None,
+    "CreateSource": {"name": "siphon", "kind": "server"},
+    "UpdateSource": {"name": "Taken over", "allowed_origins": ["https://evil.example.com"]},
+    "RotateWriteKey": {"grace_period_seconds": 0},
+    "RevokeSource": None,
 }
 
 # Object ids in tenant routes' paths, and the id prefix of a made-up one.
-OBJECT_PARAMS = {"user_id": "usr", "key_id": "key", "invite_id": "inv"}
+OBJECT_PARAMS = {"user_id": "usr", "key_id": "key", "invite_id": "inv", "source_id": "src"}
 
 # Tenant A's principals hold every tenant permission between them; owner and admin hold all.
 A_MANAGERS = ("a:owner", "a:admin")
@@ -99,6 +105,7 @@ def snapshot(world: World, aio: Callable[[Awaitable[Any]], Any]) -> dict[str, An
             members = (await db.execute(select(Membership.user_id, Membership.role))).all()
             keys = (await db.scalars(select(ApiKey))).all()
             invites = (await db.scalars(select(Invite))).all()
+            sources = (await db.scalars(select(Source))).all()
         users = (await db.scalars(select(User).where(User.id.in_([m.user_id for m in members])))).all()
         return {
             "tenant": (tenant.status, tenant.name, tenant.plan, tenant.template, tenant.status_reason),
@@ -109,6 +116,9 @@ def snapshot(world: World, aio: Callable[[Awaitable[Any]], Any]) -> dict[str, An
                 for k in keys
             ),
             "invites": sorted((i.id, i.email, i.role, i.revoked_at, i.accepted_at) for i in invites),
+            "sources": sorted(
+                (x.id, x.name, x.write_key_hash, tuple(x.allowed_origins), x.revoked_at, x.rotated_at) for x in sources
+            ),
         }
 
     result: dict[str, Any] = _run(world, aio, work)
@@ -187,6 +197,7 @@ def test_tenant_b_is_invisible_to_tenant_a(operation, client, world, aio):
         "user_id": world.b.members["viewer"].user_id or "",
         "key_id": world.b.key_ids["key_all"],
         "invite_id": b_invite(world, aio),
+        "source_id": world.b.source_id,
     }
     missing = {name: new_id(prefix) for name, prefix in OBJECT_PARAMS.items()}
     missing_tenant = new_id("ten")

@@ -10,6 +10,7 @@ from control_plane.db.models import Membership, Tenant, User, UserSession
 from control_plane.identity.secrets import new_token, token_hash
 from control_plane.rbac.roles import API_KEY_SCOPES, PLATFORM_ROLES, TENANT_ROLES
 from control_plane.runtime import Runtime
+from control_plane.sources.schemas import SourceCreate
 from kernel.db import new_id, utcnow
 from kernel.tenancy import dangerously_unscoped, tenant_scope
 
@@ -37,6 +38,9 @@ class TenantWorld:
     # "key_all": every scope; "key_read_tenant": tenant:read only.
     keys: dict[str, Actor] = field(default_factory=dict)
     key_ids: dict[str, str] = field(default_factory=dict)
+    # A web source and its write key.
+    source_id: str = ""
+    write_key: str = ""
 
 
 @dataclass
@@ -105,6 +109,12 @@ class World:
                     created = await services.api_keys.create(world.id, ApiKeyCreate(name=name, scopes=scopes), None)  # type: ignore[arg-type]
                     world.keys[name] = Actor(name=f"{world.slug}-{name}", token=created.secret, tenant_id=world.id)
                     world.key_ids[name] = created.api_key.id
+                source = await services.sources.create(
+                    world.id,
+                    SourceCreate(name="website", kind="web", allowed_origins=["https://shop.example.com"]),
+                    None,
+                )
+                world.source_id, world.write_key = source.source.id, source.write_key
         return cls(runtime=runtime, platform=platform, a=tenants[0], b=tenants[1], outsider=outsider)
 
     def actors(self) -> dict[str, Actor]:
