@@ -16,6 +16,7 @@ from sqlalchemy import text
 
 from control_plane.api_keys.routes import ApiKeyController
 from control_plane.audit.routes import AuditController
+from control_plane.cells.routes import CellConfigController
 from control_plane.http import SESSION_COOKIE, authorize, edge_middleware, provide_principal, provide_services
 from control_plane.identity.routes import (
     AuthController,
@@ -102,6 +103,7 @@ ROUTES = [
     ApiKeyController,
     SourceController,
     AuditController,
+    CellConfigController,
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
 from typing import Any
@@ -14,6 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.audit.service import build_entry
 from control_plane.identity.principal import Principal
+from control_plane.identity.secrets import token_hash
 from control_plane.rbac.authorizer import PLATFORM, tenant_domain
 from control_plane.runtime import Runtime, Services
 from kernel.errors import NotAuthenticated, NotFound, PermissionDenied
@@ -126,6 +128,9 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     if opt.get("public") or (not opt and getattr(handler, "http_methods", None) == {"OPTIONS"}):
         # Litestar's automatic OPTIONS handler only lists the allowed methods.
         return
+    if opt.get("cell"):
+        _authenticate_cell(connection)
+        return
     principal: Principal | None = connection.scope.get("user")
     if principal is None:
         auth = connection.scope.get("auth") or {}
@@ -159,6 +164,17 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     if not runtime.authorizer.allows(principal, tenant_domain(tenant_id), obj, act, role):
         raise PermissionDenied(f"Your role does not allow {act} on {obj} in this tenant.", code="permission_denied")
     connection.state.tenant_role = role
+
+
+def _authenticate_cell(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Cells present the installation's cell secret; people and API keys are not cells."""
+    runtime: Runtime = connection.app.state.runtime
+    secret = runtime.settings.cell_secret
+    given = _credential(connection.scope) or ""
+    if not secret or not hmac.compare_digest(token_hash(given), token_hash(secret)):
+        raise NotAuthenticated(
+            "This endpoint is for data-plane cells and their credential.", code="invalid_cell_credential"
+        )
 
 
 def may(connection: ASGIConnection[Any, Any, Any, Any], obj: str, act: str) -> bool:

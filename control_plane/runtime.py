@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from control_plane.api_keys.service import ApiKeyService
 from control_plane.audit.service import AuditService
+from control_plane.cells.service import CellConfigService
 from control_plane.identity.secrets import Passwords
 from control_plane.identity.service import IdentityService
 from control_plane.memberships.service import MembershipService
@@ -99,6 +100,10 @@ class Services:
     @cached_property
     def members(self) -> MembershipService:
         return MembershipService(self.db, self.audit)
+
+    @cached_property
+    def cells(self) -> CellConfigService:
+        return CellConfigService(self.db)
 
     @cached_property
     def sources(self) -> SourceService:

@@ -57,6 +57,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Argon2id cost (defaults: RFC 9106 low-memory profile). Lower only for tests.
     argon2_time_cost: Annotated[int, msgspec.Meta(ge=1)] = 3
     argon2_memory_kib: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    # Shared secret a remote data-plane cell presents to pull its config (empty: no remote cell may).
+    cell_secret: str = ""
     # Longest rotation grace period a caller may ask for when rotating an API key.
     api_key_max_grace_seconds: Seconds = 7 * 24 * 3600
 

@@ -75,6 +75,12 @@ class Conflict(AppError):
     default_code = "conflict"
 
 
+class TooLarge(AppError):
+    status_code = 413
+    title = "Content too large"
+    default_code = "too_large"
+
+
 class Unprocessable(AppError):
     status_code = 422
     title = "Unprocessable request"

@@ -84,6 +84,8 @@ MATRIX: dict[str, frozenset[str]] = {
     "UpdateSource": ADMIN_ONLY | A_MANAGERS,
     "RotateWriteKey": ADMIN_ONLY | A_MANAGERS,
     "RevokeSource": ADMIN_ONLY | A_MANAGERS,
+    # For data-plane cells and their credential only: no person or API key, however privileged.
+    "GetCellConfig": frozenset(),
 }
 
 # Denials that are not the generic 403 `permission_denied` (beyond 401 for anonymous callers
@@ -91,6 +93,7 @@ MATRIX: dict[str, frozenset[str]] = {
 DENIAL_OVERRIDES: dict[tuple[str, str], tuple[int, str]] = {
     **{("Logout", key): (403, "not_a_session") for key in A_KEYS},
     **{("ChangePassword", key): (403, "not_a_session") for key in A_KEYS},
+    **{("GetCellConfig", name): (401, "invalid_cell_credential") for name in EVERYONE},
     # Reactivation needs a suspended tenant, and a suspended tenant refuses its own people and keys.
     **{("ReactivateTenant", name): (403, "tenant_suspended") for name in A_ROLES | A_KEYS},
 }
@@ -252,6 +255,7 @@ PREPARE: dict[str, Callable[[Env], Call]] = {
     "RotateApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "RevokeApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "ListTenantAuditEntries": lambda env: Call(params={"tenant_id": env.a}),
+    "GetCellConfig": lambda env: Call(),
     "ListSources": lambda env: Call(params={"tenant_id": env.a}),
     "GetSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.world.a.source_id}),
     "CreateSource": lambda env: Call(params={"tenant_id": env.a}, json={"name": "site", "kind": "web"}),
@@ -290,10 +294,10 @@ def send(client: httpx.Client, method: str, template: str, call: Call, actor: Ac
 
 
 def expected_denial(operation: str, template: str, name: str) -> tuple[int, str]:
-    if name == "anonymous":
-        return 401, "not_authenticated"
     if (operation, name) in DENIAL_OVERRIDES:
         return DENIAL_OVERRIDES[(operation, name)]
+    if name == "anonymous":
+        return 401, "not_authenticated"
     if "{tenant_id}" in template and name == "outsider":
         return 404, "tenant_not_found"
     return 403, "permission_denied"

@@ -1,0 +1,1 @@
+"""What the control plane tells data-plane cells: the desired state of their tenants."""
