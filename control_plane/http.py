@@ -120,8 +120,8 @@ async def _audit_failure(runtime: Runtime, scope: Scope, tenant_id: str | None, 
 async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """The one guard on every route: reads the route's ``opt`` and enforces the casbin policy.
 
-    ``opt`` declares exactly one of ``public=True``, ``authenticated=True`` or
-    ``permission=(object, action)``. On tenant routes a tenant the caller cannot see answers
+    ``opt`` declares exactly one of ``public=True``, ``authenticated=True``,
+    ``permission=(object, action)`` or ``cell=True`` (the cell contract's credential). On tenant routes a tenant the caller cannot see answers
     404, the same as a missing one.
     """
     opt = handler.opt

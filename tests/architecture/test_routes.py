@@ -27,7 +27,8 @@ from kernel.errors import AppError
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "control_plane" / "rbac" / "policy.csv"
 OPENAPI = ROOT / "openapi" / "control-plane.json"
-ACCESS_RULES = ("public", "authenticated", "permission")
+# `cell`: the route is for data-plane cells and their credential (the cell contract), not people.
+ACCESS_RULES = ("public", "authenticated", "permission", "cell")
 # Objects no policy row names: only the platform wildcard rows (`p, ops_admin, *, *, *`) grant them.
 # Listed here on purpose, so a typo in a route's permission cannot pass as "platform only".
 PLATFORM_ONLY_OBJECTS = frozenset({"users"})
