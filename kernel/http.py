@@ -71,7 +71,7 @@ _HTTP_CODES = {
     403: "permission_denied",
     404: "not_found",
     405: "method_not_allowed",
-    413: "payload_too_large",
+    413: "request_too_large",
     415: "unsupported_media_type",
     429: "quota_exceeded",
 }

@@ -101,33 +101,29 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from control_plane.app import create_app
-    from kernel.logging import configure_logging
+    from livora.allinone import serve_all_in_one
 
     settings = _settings()
     if args.host or args.port:
         settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
-    configure_logging(settings.log_level, settings.log_format)
-    # Building the app first checks every driver setting before anything is touched.
-    app = create_app(settings)
-    print("Migrating the database…", flush=True)
-    _migrate(settings)
-    bootstrap_password = None
-    if asyncio.run(_count_users(settings)) == 0:
-        bootstrap_password = secrets.token_urlsafe(15)
-        asyncio.run(_create_admin(settings, BOOTSTRAP_EMAIL, bootstrap_password))
-    _banner(settings, bootstrap_password)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
-    return 0
+    return serve_all_in_one(settings, migrate=_migrate, on_ready=_banner, ensure_admin=_ensure_bootstrap_admin)
 
 
-def _banner(settings: Settings, bootstrap_password: str | None) -> None:
+def _ensure_bootstrap_admin(settings: Settings) -> str | None:
+    """Create the first ops admin when there is no user at all; its password, shown once."""
+    if asyncio.run(_count_users(settings)):
+        return None
+    password = secrets.token_urlsafe(15)
+    asyncio.run(_create_admin(settings, BOOTSTRAP_EMAIL, password))
+    return password
+
+
+def _banner(settings: Settings, bootstrap_password: str | None, cell_url: str) -> None:
     base = settings.base_url
     lines = [
         "",
         f"Livora control plane on {base}",
+        f"  Ingestion (Segment-compatible, the built-in cell): {cell_url}/v1/batch",
         f"  API:      {base}/api/v1   (OpenAPI document: {base}/schema/openapi.json)",
         f"  Health:   {base}/health  {base}/ready",
         f"  Database: {_redacted(settings.database_url)}",

@@ -27,6 +27,7 @@ def _env(database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
         LIVORA_ARGON2_TIME_COST="1",
         LIVORA_ARGON2_MEMORY_KIB="1024",
         LIVORA_COOKIE_SECURE="false",
+        LIVORA_CELL_PORT=str(free_port()),
     )
     env.update(extra)
     return env
@@ -94,6 +95,8 @@ def test_first_run_creates_a_bootstrap_admin_and_logs_json(database_url, tmp_pat
         match = re.search(r"email:\s+(\S+)\n\s+password:\s+(\S+)", server.banner)
         assert match, server.banner
         assert f"API:      {server.url}/api/v1" in server.banner
+        cell_url = re.search(r"built-in cell\): (\S+)/v1/batch", server.banner).group(1)  # type: ignore[union-attr]
+        assert httpx.get(f"{cell_url}/health").json() == {"status": "ok"}
         email, password = match.groups()
         login = httpx.post(f"{server.url}/api/v1/auth/login", json={"email": email, "password": password})
         assert login.status_code == 200 and login.json()["user"]["platform_role"] == "ops_admin"

@@ -1,0 +1,1 @@
+"""The Segment-compatible ingestion API of a cell."""

@@ -1,0 +1,43 @@
+"""Data-plane cell settings; every field is read from ``LIVORA_<FIELD>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from kernel.settings import load_settings
+
+
+class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Defaults give the built-in cell of `livora run` under ``./var/cell``."""
+
+    # Folder for the cell's embedded state (stream log, config cache, lake).
+    data_dir: str = "./var"
+    # Interface and port the cell's ingestion API listens on.
+    cell_host: str = "127.0.0.1"
+    cell_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8001
+    # Control plane to pull config from (a remote cell); empty in the all-in-one mode.
+    control_plane_url: str = ""
+    # The credential this cell presents to the control plane.
+    cell_secret: str = ""
+    # How often the cell pulls its config (revocations take effect within about this long).
+    config_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    # Largest event and request the ingestion API accepts (Segment's limits).
+    max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024
+    max_request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 500 * 1024
+    # Never more events in one batch than this, whatever the plan says.
+    max_batch_events_ceiling: Annotated[int, msgspec.Meta(ge=1)] = 2_500
+
+    @property
+    def cell_dir(self) -> Path:
+        return Path(self.data_dir) / "cell"
+
+    @property
+    def config_cache_path(self) -> Path:
+        return self.cell_dir / "config.json"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> CellSettings:
+        return load_settings(cls, **overrides)

@@ -1,0 +1,76 @@
+"""The all-in-one mode of `livora run`: the control plane and one built-in cell in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+
+import msgspec
+import uvicorn
+
+from control_plane.app import create_app
+from control_plane.runtime import Runtime
+from control_plane.settings import Settings
+from data_plane.app import create_cell_app
+from data_plane.contract.keeper import ConfigKeeper, InProcessConfigFetcher
+from data_plane.contract.schemas import CellConfig
+from data_plane.settings import CellSettings
+from data_plane.stream.drivers import create_stream
+from data_plane.stream.settings import StreamSettings
+from kernel.logging import configure_logging
+from kernel.settings import load_settings
+
+
+def serve_all_in_one(
+    settings: Settings,
+    *,
+    migrate: Callable[[Settings], None],
+    on_ready: Callable[[Settings, str | None, str], None],
+    ensure_admin: Callable[[Settings], str | None],
+) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    cell_settings = CellSettings.from_env(data_dir=settings.data_dir)
+    stream_settings = load_settings(StreamSettings)
+    if "LIVORA_STREAM_LOG_PATH" not in os.environ:
+        # The built-in cell keeps its stream beside its other state, under the data folder.
+        stream_settings = msgspec.structs.replace(
+            stream_settings, stream_log_path=str(cell_settings.cell_dir / "stream.db")
+        )
+    # Building everything first checks every setting before anything is touched.
+    runtime = Runtime.build(settings)
+    stream = create_stream(stream_settings)
+
+    async def build_config() -> CellConfig:
+        async with runtime.services() as services:
+            return await services.cells.build()
+
+    # The same contract as a remote cell's, called in-process: no credential, no network.
+    keeper = ConfigKeeper(
+        InProcessConfigFetcher(build_config),
+        cell_settings.config_cache_path,
+        interval=cell_settings.config_poll_seconds,
+    )
+    control_plane = create_app(settings, runtime)
+    cell = create_cell_app(cell_settings, keeper, stream)
+    print("Migrating the database…", flush=True)
+    migrate(settings)
+    password = ensure_admin(settings)
+    cell_url = f"http://{cell_settings.cell_host}:{cell_settings.cell_port}"
+    on_ready(settings, password, cell_url)
+
+    async def serve() -> None:
+        servers = [
+            uvicorn.Server(
+                uvicorn.Config(control_plane, host=settings.host, port=settings.port, log_config=None, access_log=False)
+            ),
+            uvicorn.Server(
+                uvicorn.Config(
+                    cell, host=cell_settings.cell_host, port=cell_settings.cell_port, log_config=None, access_log=False
+                )
+            ),
+        ]
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(serve())
+    return 0
