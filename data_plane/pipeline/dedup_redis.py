@@ -1,0 +1,119 @@
+"""Redis dedup store: one key per (tenant, message id), decided and written by one Lua script."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from urllib.parse import quote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from data_plane.pipeline.dedup import StoredSighting
+from kernel.errors import Unavailable
+
+# The same rule as ``dedup.is_first_sighting``, run inside Redis so read-decide-write is atomic
+# (a plain SET NX cannot tell a redelivery from a duplicate, nor honour the event's own time).
+# Value: "<first_seen_us>" or "<first_seen_us>|<delivery>". ARGV: at_us, window_us, ttl_ms, delivery.
+_RECORD = """
+local value = redis.call('GET', KEYS[1])
+local at = tonumber(ARGV[1])
+if value then
+  local bar = string.find(value, '|', 1, true)
+  local first = tonumber(bar and string.sub(value, 1, bar - 1) or value)
+  if at - first < tonumber(ARGV[2]) then
+    if ARGV[4] ~= '' and bar and string.sub(value, bar + 1) == ARGV[4] then return 1 end
+    return 0
+  end
+end
+local stored = ARGV[1]
+if ARGV[4] ~= '' then stored = stored .. '|' .. ARGV[4] end
+redis.call('SET', KEYS[1], stored, 'PX', ARGV[3])
+return 1
+"""
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    # Percent-encoding the tenant keeps the key map injective (a tenant id with a slash cannot
+    # reach into another tenant's keys) and strips glob characters out of SCAN patterns.
+    return f"tenants/{quote(tenant_id, safe='')}/dedup/"
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def dedup_key(tenant_id: str, message_id: str) -> str:
+    return tenant_prefix(tenant_id) + message_id
+
+
+class RedisDedupStore:
+    """First sightings as Redis keys ``{prefix}tenants/{tenant}/dedup/{message_id}``.
+
+    Expiry is Redis's own (``PX``), so ``purge`` has nothing to do. The TTL is the window plus
+    however far the event's time is ahead of this machine's clock, so a key never disappears
+    before the window measured in event time has passed.
+    """
+
+    def __init__(self, url: str, prefix: str = "livora:", *, socket_timeout: float = 2.0, retries: int = 2) -> None:
+        self.prefix = prefix
+        parts = urlsplit(url)
+        self._where = f"{parts.hostname}:{parts.port or 6379}" if parts.hostname else "redis"
+        # CAUTION: redis-py's default retry policy would stall a worker for seconds on an outage.
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), retries),
+        )
+        self._script = self._redis.register_script(_RECORD)
+
+    @contextmanager
+    def _translated(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except redis_errors.RedisError as exc:
+            raise Unavailable(
+                f"dedup store (Redis at {self._where}) failed {operation}: {exc}", code="dedup_unavailable"
+            ) from exc
+
+    async def record(self, sightings: Sequence[StoredSighting], window_us: int) -> list[bool]:
+        now_us = time.time_ns() // 1000
+        # NOTE: one pipeline, one script call per key: keys of different tenants may live on
+        # different cluster slots, so a single multi-key script is not an option.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for s in sightings:
+                ttl_ms = (window_us + max(0, s.at_us - now_us)) // 1000 + 1
+                await self._script(
+                    keys=[self.prefix + dedup_key(s.tenant_id, s.message_id)],
+                    args=[s.at_us, window_us, ttl_ms, s.delivery or ""],
+                    client=pipe,
+                )
+            with self._translated("record"):
+                results = await pipe.execute()
+        return [bool(flag) for flag in results]
+
+    async def purge(self, cutoff_us: int) -> int:
+        del cutoff_us  # Redis expires keys itself.
+        return 0
+
+    async def forget_tenant(self, tenant_id: str) -> None:
+        with self._translated("forget_tenant"):
+            batch: list[bytes] = []
+            async for key in self._redis.scan_iter(
+                match=_glob_escape(self.prefix + tenant_prefix(tenant_id)) + "*", count=1000
+            ):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    await self._redis.delete(*batch)
+                    batch.clear()
+            if batch:
+                await self._redis.delete(*batch)
+
+    async def close(self) -> None:
+        with self._translated("close"):
+            await self._redis.aclose()
