@@ -9,7 +9,7 @@ from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
-from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from sqlalchemy import text
@@ -31,7 +31,7 @@ from control_plane.settings import Settings
 from control_plane.sources.routes import SourceController
 from control_plane.tenants.routes import TenantController
 from kernel.errors import Unavailable
-from kernel.http import EXCEPTION_HANDLERS, PROBLEM_JSON, Problem, request_context_middleware
+from kernel.http import EXCEPTION_HANDLERS, Problem, declare_problems, request_context_middleware
 
 API_VERSION = "1.0.0"
 
@@ -107,18 +107,6 @@ ROUTES = [
 ]
 
 
-_PROBLEM_DESCRIPTIONS = {
-    400: "Invalid request: the body or a parameter is malformed (`errors` lists each problem).",
-    401: "No credential, or an unknown, expired or revoked one.",
-    403: "The credential may not do this (or the tenant is suspended).",
-    404: "No such object, or it belongs to a tenant you cannot see.",
-    409: "The object's current state does not allow this.",
-    410: "The object has expired.",
-    429: "Too many attempts; retry after `Retry-After` seconds.",
-    503: "A dependency is down; retry after `Retry-After` seconds.",
-}
-
-
 def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
     statuses = {400, 503}
     opt = handler.opt
@@ -133,26 +121,6 @@ def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
     if handler.operation_id == "AcceptInvite":
         statuses |= {404, 409, 410}
     return statuses
-
-
-def declare_problems(app: Litestar) -> None:
-    """Document the problem-details answers of every route, so clients and schema checks know them."""
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            if not isinstance(handler, HTTPRouteHandler) or not handler.opt:
-                continue
-            responses = dict(handler.responses or {})
-            for status in sorted(_problem_statuses(handler, route.path)):
-                responses.setdefault(
-                    status,
-                    ResponseSpec(
-                        data_container=Problem,
-                        media_type=PROBLEM_JSON,
-                        description=_PROBLEM_DESCRIPTIONS[status],
-                        generate_examples=False,
-                    ),
-                )
-            handler.responses = responses
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Litestar:
@@ -180,7 +148,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # Logging is the process's business (kernel.logging), not the app's: keep Litestar's hands off the root logger.
         logging_config=None,
     )
-    declare_problems(app)
+    declare_problems(app, _problem_statuses)
     return app
 
 

@@ -121,8 +121,8 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     """The one guard on every route: reads the route's ``opt`` and enforces the casbin policy.
 
     ``opt`` declares exactly one of ``public=True``, ``authenticated=True``,
-    ``permission=(object, action)`` or ``cell=True`` (the cell contract's credential). On tenant routes a tenant the caller cannot see answers
-    404, the same as a missing one.
+    ``permission=(object, action)`` or ``cell=True`` (the cell contract's credential).
+    On tenant routes a tenant the caller cannot see answers 404, the same as a missing one.
     """
     opt = handler.opt
     if opt.get("public") or (not opt and getattr(handler, "http_methods", None) == {"OPTIONS"}):

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, get
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
@@ -16,7 +17,7 @@ from data_plane.ingest.service import Ingestor
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Stream
 from kernel.errors import Unavailable
-from kernel.http import EXCEPTION_HANDLERS, request_context_middleware
+from kernel.http import EXCEPTION_HANDLERS, declare_problems, request_context_middleware
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -51,7 +52,7 @@ def create_cell_app(settings: CellSettings, keeper: ConfigKeeper, stream: Stream
         if own:
             await keeper.stop()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, ingest_router],
         state=State({"keeper": keeper, "ingestor": ingestor, "stream": stream}),
         middleware=[request_context_middleware],
@@ -70,6 +71,14 @@ def create_cell_app(settings: CellSettings, keeper: ConfigKeeper, stream: Stream
         logging_config=None,
         debug=False,
     )
+    declare_problems(app, _problem_statuses)
+    return app
+
+
+def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
+    if path.startswith("/v1/"):
+        return {400, 401, 403, 413, 429, 503}
+    return {503} if handler.operation_id == "CellReady" else set()
 
 
 def openapi_document(app: Litestar) -> dict[str, Any]:

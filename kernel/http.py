@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -12,8 +13,10 @@ from typing import Any
 
 import msgspec
 import structlog
-from litestar import Request, Response
+from litestar import Litestar, Request, Response
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from kernel.errors import AppError
@@ -117,6 +120,39 @@ EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
     HTTPException: _http_error,
     Exception: _unexpected,
 }
+
+
+PROBLEM_DESCRIPTIONS = {
+    400: "Invalid request: the body or a parameter is malformed (`errors` lists each problem).",
+    401: "No credential, or an unknown, expired or revoked one.",
+    403: "The credential may not do this (or the tenant is suspended).",
+    404: "No such object, or it belongs to a tenant you cannot see.",
+    409: "The object's current state does not allow this.",
+    410: "The object has expired.",
+    413: "The request or one of its parts is too large.",
+    429: "Too many requests; retry after `Retry-After` seconds.",
+    503: "A dependency is down; retry after `Retry-After` seconds.",
+}
+
+
+def declare_problems(app: Litestar, statuses: Callable[[HTTPRouteHandler, str], set[int]]) -> None:
+    """Document the problem-details answers of every route (``statuses`` says which), for clients and checks."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            if not isinstance(handler, HTTPRouteHandler) or "OPTIONS" in handler.http_methods:
+                continue
+            responses = dict(handler.responses or {})
+            for status in sorted(statuses(handler, route.path)):
+                responses.setdefault(
+                    status,
+                    ResponseSpec(
+                        data_container=Problem,
+                        media_type=PROBLEM_JSON,
+                        description=PROBLEM_DESCRIPTIONS[status],
+                        generate_examples=False,
+                    ),
+                )
+            handler.responses = responses
 
 
 # --- per-request context ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from control_plane.settings import Settings
 from kernel.errors import AppError, ConfigError
 
-OPENAPI_PATH = Path("openapi/control-plane.json")
+OPENAPI_DIR = Path("openapi")
 BOOTSTRAP_EMAIL = "admin@livora.localhost"
 
 
@@ -84,19 +84,25 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
-    from livora.openapi import render_control_plane
+    from livora.openapi import DOCUMENTS
 
-    text = render_control_plane()
-    output = Path(args.output)
+    folder = Path(args.dir)
+    stale = []
+    for name, render in DOCUMENTS.items():
+        text = render()
+        target = folder / name
+        if args.check:
+            if not target.exists() or target.read_text() != text:
+                stale.append(str(target))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"Wrote {target} ({len(json.loads(text)['paths'])} paths).")
+    if stale:
+        print(f"{', '.join(stale)}: stale; run `livora openapi` and commit the result.", file=sys.stderr)
+        return 1
     if args.check:
-        if not output.exists() or output.read_text() != text:
-            print(f"{output} is stale; run `livora openapi` and commit the result.", file=sys.stderr)
-            return 1
-        print(f"{output} is up to date.")
-        return 0
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    print(f"Wrote {output} ({len(json.loads(text)['paths'])} paths).")
+        print(f"The OpenAPI documents in {folder} are up to date.")
     return 0
 
 
@@ -177,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--prompt", action="store_true", help="ask for the password (not echoed)")
     admin.set_defaults(func=cmd_create_admin)
 
-    openapi = commands.add_parser("openapi", help=f"write the control plane's OpenAPI document to {OPENAPI_PATH}")
-    openapi.add_argument("--output", default=str(OPENAPI_PATH), help="where to write it")
-    openapi.add_argument("--check", action="store_true", help="exit 1 if the file differs from the code")
+    openapi = commands.add_parser(
+        "openapi", help=f"write the OpenAPI documents (control plane, cell) to {OPENAPI_DIR}/"
+    )
+    openapi.add_argument("--dir", default=str(OPENAPI_DIR), help="the folder to write them to")
+    openapi.add_argument("--check", action="store_true", help="exit 1 if a file differs from the code")
     openapi.set_defaults(func=cmd_openapi)
     return parser
 

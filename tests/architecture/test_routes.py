@@ -26,7 +26,6 @@ from kernel.errors import AppError
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = ROOT / "control_plane" / "rbac" / "policy.csv"
-OPENAPI = ROOT / "openapi" / "control-plane.json"
 # `cell`: the route is for data-plane cells and their credential (the cell contract), not people.
 ACCESS_RULES = ("public", "authenticated", "permission", "cell")
 # Objects no policy row names: only the platform wildcard rows (`p, ops_admin, *, *, *`) grant them.
@@ -224,23 +223,25 @@ def test_operation_ids_are_unique_pascal_case(app: Litestar) -> None:
 # --- the committed OpenAPI document ---------------------------------------------------------------
 
 
-def test_committed_openapi_document_is_current() -> None:
-    from livora.openapi import render_control_plane
+@pytest.mark.parametrize("name", ["control-plane.json", "data-plane.json"])
+def test_committed_openapi_document_is_current(name: str) -> None:
+    from livora.openapi import DOCUMENTS
 
-    expected = render_control_plane()
-    committed = OPENAPI.read_text() if OPENAPI.exists() else ""
+    path = ROOT / "openapi" / name
+    expected = DOCUMENTS[name]()
+    committed = path.read_text() if path.exists() else ""
     if committed != expected:
         diff = "".join(
             list(
                 difflib.unified_diff(
                     committed.splitlines(keepends=True),
                     expected.splitlines(keepends=True),
-                    fromfile=f"{OPENAPI.relative_to(ROOT)} (committed)",
-                    tofile="render_control_plane() (code)",
+                    fromfile=f"{path.relative_to(ROOT)} (committed)",
+                    tofile=f"{name} rendered from the code",
                 )
             )[:60]
         )
         pytest.fail(
-            f"{OPENAPI.relative_to(ROOT)} is stale: run `livora openapi` and commit the result.\n{diff}",
+            f"{path.relative_to(ROOT)} is stale: run `livora openapi` and commit the result.\n{diff}",
             pytrace=False,
         )

@@ -159,9 +159,10 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path, variable, va
 
 
 def test_openapi_check_detects_a_stale_file(tmp_path, capsys):
-    target = tmp_path / "spec.json"
-    assert main(["openapi", "--output", str(target)]) == 0
-    assert main(["openapi", "--check", "--output", str(target)]) == 0
-    target.write_text(target.read_text().replace("Livora control plane", "Stale"))
-    assert main(["openapi", "--check", "--output", str(target)]) == 1
+    assert main(["openapi", "--dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["control-plane.json", "data-plane.json"]
+    assert main(["openapi", "--check", "--dir", str(tmp_path)]) == 0
+    target = tmp_path / "data-plane.json"
+    target.write_text(target.read_text().replace("Livora data-plane cell", "Stale"))
+    assert main(["openapi", "--check", "--dir", str(tmp_path)]) == 1
     assert "livora openapi" in capsys.readouterr().err
