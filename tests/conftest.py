@@ -17,6 +17,7 @@ import pytest
 from control_plane.app import create_app
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
+from tests.support.cell import cell  # noqa: F401 (a fixture)
 from tests.support.databases import PostgresDatabases, SqliteDatabases
 from tests.support.server import LiveServer
 from tests.support.world import World

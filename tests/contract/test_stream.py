@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import functools
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,8 +27,8 @@ from data_plane.stream.log import LogStream
 from data_plane.stream.port import Entry, Record, Stream, partition_for, split_id
 from data_plane.stream.redis_streams import RedisStream
 from kernel.errors import ConfigError, Unavailable
-from tests.conftest import IN_CI
 from tests.support.moto import FAKE_AWS, REGION, MotoServer
+from tests.support.redis_server import redis_server_binary, start_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -635,38 +634,8 @@ async def test_log_appends_do_not_block_the_event_loop(tmp_path: Path) -> None:
 # --- the redis driver: persistence ---------------------------------------------------------
 
 
-def _redis_server() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if IN_CI:
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return binary
-
-
-def _start_redis(binary: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
-    durable = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), *durable],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as probe:
-                probe.sendall(b"PING\r\n")
-                if probe.recv(16).startswith(b"+PONG"):
-                    return server
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
-
-
 def test_redis_with_aof_always_keeps_acknowledged_appends_through_kill_9(tmp_path: Path) -> None:
-    binary = _redis_server()
+    binary = redis_server_binary()
     port = _closed_port()
     url = f"redis://127.0.0.1:{port}/0"
 
@@ -683,13 +652,13 @@ def test_redis_with_aof_always_keeps_acknowledged_appends_through_kill_9(tmp_pat
         await stream.close()
         return [e.id for e in seen]
 
-    server = _start_redis(binary, port, tmp_path)
+    server = start_redis(binary, port, tmp_path)
     try:
         ids = asyncio.run(append())
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
-    server = _start_redis(binary, port, tmp_path)
+    server = start_redis(binary, port, tmp_path)
     try:
         assert sorted(asyncio.run(read_back())) == sorted(ids)
     finally:
