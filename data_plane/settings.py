@@ -30,6 +30,21 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Never more events in one batch than this, whatever the plan says.
     max_batch_events_ceiling: Annotated[int, msgspec.Meta(ge=1)] = 2_500
 
+    # The lake: local (a folder) or s3 (a bucket, optionally an S3-compatible endpoint).
+    lake_driver: str = "local"
+    lake_dir: str = ""
+    lake_bucket: str = ""
+    lake_prefix: str = ""
+    lake_endpoint_url: str = ""
+    lake_region: str = ""
+    # A lake file is written when this many events wait, or the oldest has waited this long.
+    lake_flush_rows: Annotated[int, msgspec.Meta(ge=1)] = 20_000
+    lake_flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+    @property
+    def lake_path(self) -> Path:
+        return Path(self.lake_dir) if self.lake_dir else Path(self.data_dir) / "lake"
+
     @property
     def cell_dir(self) -> Path:
         return Path(self.data_dir) / "cell"

@@ -15,11 +15,22 @@ from control_plane.settings import Settings
 from data_plane.app import create_cell_app
 from data_plane.contract.keeper import ConfigKeeper, InProcessConfigFetcher
 from data_plane.contract.schemas import CellConfig
+from data_plane.pipeline.worker import create_worker
 from data_plane.settings import CellSettings
 from data_plane.stream.drivers import create_stream
 from data_plane.stream.settings import StreamSettings
 from kernel.logging import configure_logging
 from kernel.settings import load_settings
+
+
+def cell_stream_settings(cell_settings: CellSettings) -> StreamSettings:
+    """Stream settings from ``LIVORA_STREAM_*``; the embedded log lives with the cell's other state."""
+    stream_settings = load_settings(StreamSettings)
+    if "LIVORA_STREAM_LOG_PATH" not in os.environ:
+        stream_settings = msgspec.structs.replace(
+            stream_settings, stream_log_path=str(cell_settings.cell_dir / "stream.db")
+        )
+    return stream_settings
 
 
 def serve_all_in_one(
@@ -31,12 +42,7 @@ def serve_all_in_one(
 ) -> int:
     configure_logging(settings.log_level, settings.log_format)
     cell_settings = CellSettings.from_env(data_dir=settings.data_dir)
-    stream_settings = load_settings(StreamSettings)
-    if "LIVORA_STREAM_LOG_PATH" not in os.environ:
-        # The built-in cell keeps its stream beside its other state, under the data folder.
-        stream_settings = msgspec.structs.replace(
-            stream_settings, stream_log_path=str(cell_settings.cell_dir / "stream.db")
-        )
+    stream_settings = cell_stream_settings(cell_settings)
     # Building everything first checks every setting before anything is touched.
     runtime = Runtime.build(settings)
     stream = create_stream(stream_settings)
@@ -60,6 +66,10 @@ def serve_all_in_one(
     on_ready(settings, password, cell_url)
 
     async def serve() -> None:
+        # The built-in cell's pipeline worker runs in this process too; `livora worker` runs more.
+        worker = create_worker(stream, cell_settings)
+        stop = asyncio.Event()
+        pipeline = asyncio.create_task(worker.run(stop), name="pipeline-worker")
         servers = [
             uvicorn.Server(
                 uvicorn.Config(control_plane, host=settings.host, port=settings.port, log_config=None, access_log=False)
@@ -70,7 +80,38 @@ def serve_all_in_one(
                 )
             ),
         ]
-        await asyncio.gather(*(server.serve() for server in servers))
+        try:
+            await asyncio.gather(*(server.serve() for server in servers))
+        finally:
+            stop.set()
+            await pipeline
+            await worker.close()
 
     asyncio.run(serve())
+    return 0
+
+
+def run_worker() -> int:
+    """`livora worker`: one pipeline worker process for the cell these settings describe, until a signal."""
+    import signal
+
+    cell_settings = CellSettings.from_env()
+    settings = load_settings(Settings)
+    configure_logging(settings.log_level, settings.log_format)
+    stream_settings = cell_stream_settings(cell_settings)
+
+    async def work() -> None:
+        stream = create_stream(stream_settings)
+        worker = create_worker(stream, cell_settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await worker.run(stop)
+        finally:
+            await worker.close()
+            await stream.close()
+
+    asyncio.run(work())
     return 0

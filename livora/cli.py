@@ -115,6 +115,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve_all_in_one(settings, migrate=_migrate, on_ready=_banner, ensure_admin=_ensure_bootstrap_admin)
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from livora.allinone import run_worker
+
+    return run_worker()
+
+
 def _ensure_bootstrap_admin(settings: Settings) -> str | None:
     """Create the first ops admin when there is no user at all; its password, shown once."""
     if asyncio.run(_count_users(settings)):
@@ -172,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="interface to bind (default LIVORA_HOST or 127.0.0.1)")
     run.add_argument("--port", type=int, help="port to bind (default LIVORA_PORT or 8000)")
     run.set_defaults(func=cmd_run)
+
+    worker = commands.add_parser(
+        "worker", help="run a pipeline worker for a cell: stream → dedup → enrich → identity → sessions → lake"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=cmd_migrate)

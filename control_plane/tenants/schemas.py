@@ -18,7 +18,7 @@ assert set(TenantStatus.__args__) == set(TENANT_STATUSES)  # type: ignore[attr-d
 # Printable text: no control characters (names go into mail subjects and logs).
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")]
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", description="DNS-label style")]
-Region = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$", examples=["eu-west-1"])]
+Region = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$", max_length=40, examples=["eu-west-1"])]
 # One plain address (no display name, no list): local part of RFC 5322 atoms, a DNS host name.
 Email = Annotated[
     str,

@@ -13,7 +13,6 @@ import httpx
 from tests.support.api import problem
 
 
-
 def basic(key: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
 

@@ -153,3 +153,9 @@ def test_pending_tenant_can_be_deleted_directly(client, ops):
     tenant = client.post(URL, json={"name": "Never used"}, headers=ops).json()
     assert client.delete(f"{URL}/{tenant['id']}", headers=ops).json()["status"] == "deleted"
     assert client.get(URL, params={"status": "deleted"}, headers=ops).json()["items"][0]["id"] == tenant["id"]
+
+
+def test_values_longer_than_their_column_are_refused_on_every_database(client, ops):
+    """PostgreSQL enforces column lengths (SQLite does not): the API must refuse first, with a 400."""
+    long_region = "yb-" + "x" * 50 + "-5"
+    problem(client.post(URL, json={"name": "x", "region": long_region}, headers=ops), 400, "validation_failed")

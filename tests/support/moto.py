@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,16 +56,19 @@ class MotoServer:
     def start(self, timeout: float = 30) -> MotoServer:
         env = {key: value for key, value in os.environ.items() if key not in CLEARED_AWS}
         env.update(FAKE_AWS)
+        # CAUTION: not a pipe: moto logs every request, and a pipe nobody reads fills and hangs it.
+        self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
             [sys.executable, "-c", _LAUNCHER, str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
         )
         deadline = time.monotonic() + timeout
         while True:
             if self._process.poll() is not None:
-                _, err = self._process.communicate()
+                self._log.seek(0)
+                err = self._log.read()
                 raise RuntimeError(f"moto server exited at start: {err.decode(errors='replace')[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
@@ -84,6 +88,5 @@ class MotoServer:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=5)
-        if self._process.stderr is not None:
-            self._process.stderr.close()
+        self._log.close()
         self._process = None

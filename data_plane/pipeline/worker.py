@@ -1,0 +1,217 @@
+"""The pipeline worker: stream → dedup → enrich → identity → sessions → lake, acking only what is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+
+from data_plane.events import Event, decode_event
+from data_plane.lake.store import ObjectStore, object_store_drivers
+from data_plane.lake.writer import LakeWriter
+from data_plane.pipeline.dedup import Deduplicator, Sighting
+from data_plane.pipeline.enrich import DEFAULT_POLICY, Enricher, EnrichmentPolicy
+from data_plane.pipeline.identity import IdentityGraph
+from data_plane.pipeline.sessions import Sessionizer
+from data_plane.pipeline.settings import (
+    PipelineSettings,
+    build_deduplicator,
+    build_enricher,
+    build_sessionizer,
+    load_pipeline_settings,
+)
+from data_plane.settings import CellSettings
+from data_plane.stream.port import Entry, Stream
+from kernel.errors import Unavailable
+
+log = structlog.get_logger("livora.pipeline")
+
+GROUP = "pipeline"
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Stats:
+    """What this worker did since it started (reconciliation counts durable state, not these)."""
+
+    read: int = 0
+    written: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+
+class PipelineWorker:
+    """At least once in, exactly once into the lake.
+
+    An entry is acked only when its event is in a Parquet file the lake writer reports durable,
+    or when it is a duplicate of an event already seen, or once it is dead-lettered. A worker
+    killed at any point leaves its entries pending; ``reclaim`` hands them to the next worker, and
+    the lake's deterministic file names plus dedup's delivery rule keep every event exactly once.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
+        dedup: Deduplicator,
+        enricher: Enricher,
+        identity: IdentityGraph,
+        sessions: Sessionizer,
+        lake: LakeWriter,
+        *,
+        lake_store: ObjectStore | None = None,
+        group: str = GROUP,
+        consumer: str | None = None,
+        batch_size: int = 1000,
+        block_ms: int = 200,
+        reclaim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+        policy_for: Callable[[str], EnrichmentPolicy] = lambda tenant_id: DEFAULT_POLICY,
+    ) -> None:
+        self.stream = stream
+        self.dedup = dedup
+        self.enricher = enricher
+        self.identity = identity
+        self.sessions = sessions
+        self.lake = lake
+        self.lake_store = lake_store
+        self.group = group
+        self.consumer = consumer or default_consumer_name()
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.policy_for = policy_for
+        self.stats = Stats()
+        self._reclaimed_at = 0.0
+
+    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+        if await self.stream.dead_letter(self.group, entry, reason) is not None:
+            self.stats.dead_lettered += 1
+            self.stats.by_reason[reason.split(":", 1)[0]] += 1
+            log.warning("event_dead_lettered", entry_id=entry.id, reason=reason)
+
+    async def _next_entries(self) -> list[Entry]:
+        loop = asyncio.get_running_loop()
+        entries: list[Entry] = []
+        # Entries a dead (or slow) consumer held come back after reclaim_idle_ms.
+        if loop.time() - self._reclaimed_at >= self.reclaim_idle_ms / 1000:
+            self._reclaimed_at = loop.time()
+            entries = await self.stream.reclaim(
+                self.group, self.consumer, min_idle_ms=self.reclaim_idle_ms, count=self.batch_size
+            )
+        if len(entries) < self.batch_size:
+            # Wait for new entries, but not past the moment the lake's buffer is due.
+            due_in = self.lake.seconds_until_due()
+            block = 0 if entries else self.block_ms if due_in is None else int(min(self.block_ms, due_in * 1000))
+            entries += await self.stream.read(
+                self.group, self.consumer, count=self.batch_size - len(entries), block_ms=block
+            )
+        return entries
+
+    async def step(self) -> int:
+        """Process one read's worth of entries; flush the lake when due. Returns entries handled."""
+        entries = await self._next_entries()
+        self.stats.read += len(entries)
+        decoded: list[tuple[Entry, Event]] = []
+        for entry in entries:
+            if entry.deliveries > self.max_deliveries:
+                await self._dead_letter(entry, f"too_many_deliveries: {entry.deliveries} attempts")
+                continue
+            try:
+                decoded.append((entry, decode_event(entry.payload)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self._dead_letter(entry, f"undecodable: {exc}")
+        if decoded:
+            keep = await self.dedup.filter_new(
+                Sighting(event.tenant_id, event.message_id, event.received_at, entry.id) for entry, event in decoded
+            )
+            duplicates = [entry.id for (entry, _), new in zip(decoded, keep, strict=True) if not new]
+            if duplicates:
+                await self.stream.ack(self.group, duplicates)
+                self.stats.duplicates += len(duplicates)
+            for (entry, event), new in zip(decoded, keep, strict=True):
+                if new:
+                    await self._process(entry, event)
+        if self.lake.due():
+            await self.flush()
+        return len(entries)
+
+    async def _process(self, entry: Entry, event: Event) -> None:
+        try:
+            event = self.enricher.enrich(event, self.policy_for(event.tenant_id))
+            event, resolution = self.identity.stitch(event)
+            if resolution is not None:
+                for merge in resolution.merges:
+                    self.sessions.rekey(event.tenant_id, merge.from_profile, merge.into_profile)
+                event = self.sessions.sessionize(event, resolution.profile_id)
+        except Exception as exc:  # a poison event must not stop the pipeline
+            await self._dead_letter(entry, f"processing_failed: {type(exc).__name__}: {exc}")
+            return
+        self.lake.add(event, entry.id)
+
+    async def flush(self) -> int:
+        durable = await self.lake.flush()
+        if durable:
+            await self.stream.ack(self.group, durable)
+            self.stats.written += len(durable)
+        return len(durable)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set; then flush what is buffered. Backs off while a dependency is down."""
+        delay = 0.1
+        while not stop.is_set():
+            try:
+                await self.step()
+                delay = 0.1
+            except Unavailable as exc:
+                log.warning("pipeline_dependency_down", error=exc.detail, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        try:
+            await self.flush()
+        except Unavailable as exc:
+            log.warning("pipeline_final_flush_failed", error=exc.detail)
+
+    async def close(self) -> None:
+        await self.dedup.close()
+        if self.lake_store is not None:
+            await self.lake_store.close()
+
+    def purge_before(self, before: dt.datetime) -> int:
+        """Forget sessions idle since ``before`` (memory bound for long-running workers)."""
+        return self.sessions.evict(before)
+
+
+def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings | None = None) -> PipelineWorker:
+    """A worker wired from settings; embedded state (dedup) lives beside the cell's other state."""
+    pipeline = pipeline or load_pipeline_settings()
+    if "LIVORA_DEDUP_SQLITE_PATH" not in os.environ:
+        pipeline = msgspec.structs.replace(pipeline, dedup_sqlite_path=str(cell.cell_dir / "dedup.db"))
+    store = object_store_drivers.create(
+        cell.lake_driver,
+        lake_dir=cell.lake_path,
+        bucket=cell.lake_bucket or None,
+        prefix=cell.lake_prefix,
+        endpoint_url=cell.lake_endpoint_url or None,
+        region=cell.lake_region or None,
+    )
+    return PipelineWorker(
+        stream,
+        build_deduplicator(pipeline),
+        build_enricher(pipeline),
+        IdentityGraph(),
+        build_sessionizer(pipeline),
+        LakeWriter(store, max_rows=cell.lake_flush_rows, max_age_s=cell.lake_flush_seconds),
+        lake_store=store,
+    )
