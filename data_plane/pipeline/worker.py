@@ -18,7 +18,7 @@ from data_plane.lake.store import ObjectStore, object_store_drivers
 from data_plane.lake.writer import LakeWriter
 from data_plane.pipeline.dedup import Deduplicator, Sighting
 from data_plane.pipeline.enrich import DEFAULT_POLICY, Enricher, EnrichmentPolicy
-from data_plane.pipeline.identity import IdentityGraph
+from data_plane.pipeline.identity import Resolution
 from data_plane.pipeline.sessions import Sessionizer
 from data_plane.pipeline.settings import (
     PipelineSettings,
@@ -27,6 +27,7 @@ from data_plane.pipeline.settings import (
     build_sessionizer,
     load_pipeline_settings,
 )
+from data_plane.profiles.port import ProfileStore, create_profile_store, load_profiles_settings
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Entry, Stream
 from kernel.errors import Unavailable
@@ -52,7 +53,7 @@ class Stats:
 
 
 class PipelineWorker:
-    """At least once in, exactly once into the lake.
+    """At least once in, exactly once into the lake (and into profiles, which are idempotent per message).
 
     An entry is acked only when its event is in a Parquet file the lake writer reports durable,
     or when it is a duplicate of an event already seen, or once it is dead-lettered. A worker
@@ -65,7 +66,7 @@ class PipelineWorker:
         stream: Stream,
         dedup: Deduplicator,
         enricher: Enricher,
-        identity: IdentityGraph,
+        profiles: ProfileStore,
         sessions: Sessionizer,
         lake: LakeWriter,
         *,
@@ -81,7 +82,7 @@ class PipelineWorker:
         self.stream = stream
         self.dedup = dedup
         self.enricher = enricher
-        self.identity = identity
+        self.profiles = profiles
         self.sessions = sessions
         self.lake = lake
         self.lake_store = lake_store
@@ -140,25 +141,53 @@ class PipelineWorker:
             if duplicates:
                 await self.stream.ack(self.group, duplicates)
                 self.stats.duplicates += len(duplicates)
-            for (entry, event), new in zip(decoded, keep, strict=True):
-                if new:
-                    await self._process(entry, event)
+            await self._process([pair for pair, new in zip(decoded, keep, strict=True) if new])
         if self.lake.due():
             await self.flush()
         return len(entries)
 
-    async def _process(self, entry: Entry, event: Event) -> None:
+    async def _process(self, batch: list[tuple[Entry, Event]]) -> None:
+        enriched: list[tuple[Entry, Event]] = []
+        for entry, event in batch:
+            try:
+                enriched.append((entry, self.enricher.enrich(event, self.policy_for(event.tenant_id))))
+            except Exception as exc:  # a poison event must not stop the pipeline
+                await self._dead_letter(entry, f"enrichment_failed: {type(exc).__name__}: {exc}")
+        by_tenant: dict[str, list[tuple[Entry, Event]]] = {}
+        for entry, event in enriched:
+            by_tenant.setdefault(event.tenant_id, []).append((entry, event))
+        for tenant_id, items in by_tenant.items():
+            for (entry, event), resolution in await self._resolve(tenant_id, items):
+                if resolution is not None:
+                    for merge in resolution.merges:
+                        self.sessions.rekey(tenant_id, merge.from_profile, merge.into_profile)
+                    context = {**event.context, "profile_id": resolution.profile_id}
+                    event = self.sessions.sessionize(
+                        msgspec.structs.replace(event, context=context), resolution.profile_id
+                    )
+                self.lake.add(event, entry.id)
+
+    async def _resolve(
+        self, tenant_id: str, items: list[tuple[Entry, Event]]
+    ) -> list[tuple[tuple[Entry, Event], Resolution | None]]:
+        """Fold the tenant's events into their profiles in one transaction; isolate a poison event."""
+        named = [(entry, event) for entry, event in items if event.user_id or event.anonymous_id]
         try:
-            event = self.enricher.enrich(event, self.policy_for(event.tenant_id))
-            event, resolution = self.identity.stitch(event)
-            if resolution is not None:
-                for merge in resolution.merges:
-                    self.sessions.rekey(event.tenant_id, merge.from_profile, merge.into_profile)
-                event = self.sessions.sessionize(event, resolution.profile_id)
-        except Exception as exc:  # a poison event must not stop the pipeline
-            await self._dead_letter(entry, f"processing_failed: {type(exc).__name__}: {exc}")
-            return
-        self.lake.add(event, entry.id)
+            resolutions = await self.profiles.apply(tenant_id, [event for _, event in named])
+        except ValueError:
+            # The batch was refused whole: apply one by one (idempotent) to find the bad events.
+            resolutions = []
+            kept = []
+            for entry, event in named:
+                try:
+                    resolutions += await self.profiles.apply(tenant_id, [event])
+                    kept.append((entry, event))
+                except ValueError as exc:
+                    await self._dead_letter(entry, f"profile_refused: {exc}")
+            named = kept
+        found = {entry.id: resolution for (entry, _), resolution in zip(named, resolutions, strict=True)}
+        alive = {entry.id for entry, _ in named} | {e.id for e, ev in items if not (ev.user_id or ev.anonymous_id)}
+        return [((entry, event), found.get(entry.id)) for entry, event in items if entry.id in alive]
 
     async def flush(self) -> int:
         durable = await self.lake.flush()
@@ -185,6 +214,7 @@ class PipelineWorker:
 
     async def close(self) -> None:
         await self.dedup.close()
+        await self.profiles.close()
         if self.lake_store is not None:
             await self.lake_store.close()
 
@@ -194,8 +224,11 @@ class PipelineWorker:
 
 
 def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings | None = None) -> PipelineWorker:
-    """A worker wired from settings; embedded state (dedup) lives beside the cell's other state."""
+    """A worker wired from settings; embedded state (dedup, profiles) lives beside the cell's other state."""
     pipeline = pipeline or load_pipeline_settings()
+    profiles = load_profiles_settings()
+    if "LIVORA_PROFILES_SQLITE_ROOT" not in os.environ:
+        profiles = msgspec.structs.replace(profiles, profiles_sqlite_root=str(cell.cell_dir))
     if "LIVORA_DEDUP_SQLITE_PATH" not in os.environ:
         pipeline = msgspec.structs.replace(pipeline, dedup_sqlite_path=str(cell.cell_dir / "dedup.db"))
     store = object_store_drivers.create(
@@ -210,7 +243,7 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         stream,
         build_deduplicator(pipeline),
         build_enricher(pipeline),
-        IdentityGraph(),
+        create_profile_store(profiles),
         build_sessionizer(pipeline),
         LakeWriter(store, max_rows=cell.lake_flush_rows, max_age_s=cell.lake_flush_seconds),
         lake_store=store,

@@ -10,6 +10,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from data_plane.pipeline.worker import GROUP, create_worker
+from data_plane.profiles.sqlite import SqliteProfileStore
 from data_plane.stream.log import LogStream
 
 
@@ -86,6 +87,20 @@ def test_every_event_lands_in_the_lake_once(cell, world):
         assert {r["tenant_id"] for r in pq.read_table(file, columns=["tenant_id"]).to_pylist()} == {tenant}
     track = next(r for r in rows if r["type"] == "track" and r["tenant_id"] == world.a.id)
     assert track["session_id"] and '"country_code": "US"' in track["context"].replace('":"', '": "')
+
+    async def profile():
+        store = SqliteProfileStore(cell.settings.cell_dir)
+        try:
+            return await store.find(world.a.id, user_id="user-0")
+        finally:
+            await store.close()
+
+    person = asyncio.run(profile())
+    # 600 calls of each kind over 40 users: 15 tracks, 15 identifies and 15 pages each.
+    assert person is not None and person.event_count == 45 and person.traits == {"plan": "pro"}
+    assert "anon-0" in person.anonymous_ids
+    mine = [r for r in rows if r["tenant_id"] == world.a.id and f'"{person.profile_id}"' in r["context"]]
+    assert len(mine) == 45
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(cell, world):
