@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.api_keys import schemas
@@ -15,7 +15,7 @@ from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import previous_after_rotation, still_valid, token_hash
 from kernel.db import new_id, utcnow
 from kernel.errors import Conflict, NotFound, ValidationFailed
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.tenancy import dangerously_unscoped, tenant_scope
 
 KEY_PREFIX = "lvk"
@@ -96,23 +96,18 @@ class ApiKeyService:
     async def list(
         self, tenant_id: str, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
     ) -> schemas.ApiKeyPage:
-        query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(or_(ApiKey.created_at < stamp, and_(ApiKey.created_at == stamp, ApiKey.id < last_id)))
-        with tenant_scope(tenant_id):
-            rows = list(
-                (
-                    await self.db.scalars(query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1))
-                ).all()
-            )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        now = utcnow()
-        return schemas.ApiKeyPage(
-            items=[key_view(k, now) for k in rows],
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
+        query = keyset(
+            select(ApiKey).where(ApiKey.tenant_id == tenant_id),
+            ApiKey.created_at,
+            ApiKey.id,
+            cursor,
+            newest_first=True,
+            limit=limit,
         )
+        with tenant_scope(tenant_id):
+            rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda k: (k.created_at, k.id))
+        now = utcnow()
+        return schemas.ApiKeyPage(items=[key_view(k, now) for k in rows], next_cursor=next_cursor)
 
     async def get(self, tenant_id: str, key_id: str) -> schemas.ApiKey:
         with tenant_scope(tenant_id):

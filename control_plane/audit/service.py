@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit import schemas
@@ -14,7 +14,7 @@ from control_plane.db.models import AuditEntry
 from control_plane.identity.principal import Principal
 from kernel.db import new_id, utcnow
 from kernel.http import current_request
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.tenancy import dangerously_unscoped, tenant_scope
 
 
@@ -110,17 +110,10 @@ class AuditService:
             query = query.where(AuditEntry.occurred_at >= since)
         if until is not None:
             query = query.where(AuditEntry.occurred_at < until)
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(
-                or_(AuditEntry.occurred_at < stamp, and_(AuditEntry.occurred_at == stamp, AuditEntry.id < last_id))
-            )
-        query = query.order_by(AuditEntry.occurred_at.desc(), AuditEntry.id.desc()).limit(limit + 1)
+        query = keyset(query, AuditEntry.occurred_at, AuditEntry.id, cursor, newest_first=True, limit=limit)
         with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
-            rows = list((await self.db.scalars(query)).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
+            rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda e: (e.occurred_at, e.id))
         return schemas.AuditPage(
             items=[msgspec.convert(row, schemas.AuditEntry, from_attributes=True) for row in rows],
-            next_cursor=encode_cursor(rows[-1].occurred_at, rows[-1].id) if more and rows else None,
+            next_cursor=next_cursor,
         )

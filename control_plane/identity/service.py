@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,7 +17,7 @@ from control_plane.identity.secrets import Passwords, check_password_strength, n
 from control_plane.settings import Settings
 from kernel.db import new_id, utcnow
 from kernel.errors import Conflict, Gone, NotAuthenticated, NotFound, QuotaExceeded, ValidationFailed
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.ports.kv import KeyValueStore
 from kernel.ports.mail import Mailer, MailMessage
 from kernel.tenancy import dangerously_unscoped, tenant_scope
@@ -135,16 +135,9 @@ class IdentityService:
             query = query.where(User.email.contains(normalize_email(email)))
         if platform_role:
             query = query.where(User.platform_role == platform_role)
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(or_(User.created_at > stamp, and_(User.created_at == stamp, User.id > last_id)))
-        rows = list((await self.db.scalars(query.order_by(User.created_at, User.id).limit(limit + 1))).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return schemas.UserPage(
-            items=[user_view(u) for u in rows],
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
-        )
+        query = keyset(query, User.created_at, User.id, cursor, newest_first=False, limit=limit)
+        rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda u: (u.created_at, u.id))
+        return schemas.UserPage(items=[user_view(u) for u in rows], next_cursor=next_cursor)
 
     async def update_user(self, user_id: str, data: schemas.UserUpdate, actor: Principal) -> schemas.User:
         user = await self._user(user_id)
@@ -371,20 +364,18 @@ class IdentityService:
     async def list_invites(
         self, tenant_id: str | None, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
     ) -> schemas.InvitePage:
-        query = select(Invite).where(Invite.tenant_id == tenant_id if tenant_id else Invite.tenant_id.is_(None))
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(or_(Invite.created_at < stamp, and_(Invite.created_at == stamp, Invite.id < last_id)))
-        query = query.order_by(Invite.created_at.desc(), Invite.id.desc()).limit(limit + 1)
-        with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
-            rows = list((await self.db.scalars(query)).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        now = utcnow()
-        return schemas.InvitePage(
-            items=[invite_view(i, now) for i in rows],
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
+        query = keyset(
+            select(Invite).where(Invite.tenant_id == tenant_id if tenant_id else Invite.tenant_id.is_(None)),
+            Invite.created_at,
+            Invite.id,
+            cursor,
+            newest_first=True,
+            limit=limit,
         )
+        with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):
+            rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda i: (i.created_at, i.id))
+        now = utcnow()
+        return schemas.InvitePage(items=[invite_view(i, now) for i in rows], next_cursor=next_cursor)
 
     async def revoke_invite(self, tenant_id: str | None, invite_id: str) -> schemas.Invite:
         with dangerously_unscoped() if tenant_id is None else tenant_scope(tenant_id):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.service import AuditService
 from control_plane.db.models import Membership, User
 from control_plane.memberships import schemas
 from kernel.errors import Conflict, NotFound, PermissionDenied
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.tenancy import tenant_scope
 
 
@@ -56,19 +56,12 @@ class MembershipService:
         )
         if role:
             query = query.where(Membership.role == role)
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(
-                or_(Membership.created_at > stamp, and_(Membership.created_at == stamp, Membership.id > last_id))
-            )
+        query = keyset(query, Membership.created_at, Membership.id, cursor, newest_first=False, limit=limit)
         with tenant_scope(tenant_id):
-            rows = (await self.db.execute(query.order_by(Membership.created_at, Membership.id).limit(limit + 1))).all()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return schemas.MemberPage(
-            items=[member_view(m, u) for m, u in rows],
-            next_cursor=encode_cursor(rows[-1][0].created_at, rows[-1][0].id) if more and rows else None,
-        )
+            rows, next_cursor = page(
+                (await self.db.execute(query)).all(), limit, lambda row: (row[0].created_at, row[0].id)
+            )
+        return schemas.MemberPage(items=[member_view(m, u) for m, u in rows], next_cursor=next_cursor)
 
     async def get(self, tenant_id: str, user_id: str) -> schemas.Member:
         with tenant_scope(tenant_id):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.service import AuditService
@@ -13,7 +13,7 @@ from control_plane.identity.secrets import previous_after_rotation, token_hash
 from control_plane.sources import schemas
 from kernel.db import new_id, utcnow
 from kernel.errors import Conflict, NotFound, ValidationFailed
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.tenancy import tenant_scope
 
 WRITE_KEY_PREFIX = "lvw"
@@ -87,18 +87,17 @@ class SourceService:
     async def list(
         self, tenant_id: str, *, cursor: str | None = None, limit: int = DEFAULT_LIMIT
     ) -> schemas.SourcePage:
-        query = select(Source).where(Source.tenant_id == tenant_id)
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(or_(Source.created_at > stamp, and_(Source.created_at == stamp, Source.id > last_id)))
-        with tenant_scope(tenant_id):
-            rows = list((await self.db.scalars(query.order_by(Source.created_at, Source.id).limit(limit + 1))).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return schemas.SourcePage(
-            items=[source_view(s) for s in rows],
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
+        query = keyset(
+            select(Source).where(Source.tenant_id == tenant_id),
+            Source.created_at,
+            Source.id,
+            cursor,
+            newest_first=False,
+            limit=limit,
         )
+        with tenant_scope(tenant_id):
+            rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda x: (x.created_at, x.id))
+        return schemas.SourcePage(items=[source_view(x) for x in rows], next_cursor=next_cursor)
 
     async def get(self, tenant_id: str, source_id: str) -> schemas.Source:
         with tenant_scope(tenant_id):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,7 +14,7 @@ from control_plane.tenants import schemas
 from control_plane.tenants.states import check_transition
 from kernel.db import new_id, utcnow
 from kernel.errors import Conflict, NotFound, ValidationFailed
-from kernel.pagination import DEFAULT_LIMIT, decode_cursor, encode_cursor
+from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.tenancy import dangerously_unscoped, tenant_scope
 from kernel.text import slugify
 
@@ -109,19 +109,11 @@ class TenantService:
         if q:
             needle = f"%{q.lower()}%"
             query = query.where(or_(Tenant.name.ilike(needle), Tenant.slug.ilike(needle)))
-        if cursor:
-            stamp, last_id = decode_cursor(cursor)
-            query = query.where(or_(Tenant.created_at > stamp, and_(Tenant.created_at == stamp, Tenant.id > last_id)))
-        query = query.order_by(Tenant.created_at, Tenant.id).limit(limit + 1)
+        query = keyset(query, Tenant.created_at, Tenant.id, cursor, newest_first=False, limit=limit)
         # The membership join spans tenants by design: it is filtered to one user above.
         with dangerously_unscoped():
-            rows = list((await self.db.scalars(query)).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return schemas.TenantPage(
-            items=[tenant_view(t) for t in rows],
-            next_cursor=encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
-        )
+            rows, next_cursor = page((await self.db.scalars(query)).all(), limit, lambda t: (t.created_at, t.id))
+        return schemas.TenantPage(items=[tenant_view(t) for t in rows], next_cursor=next_cursor)
 
     async def update(self, tenant_id: str, data: schemas.TenantUpdate) -> schemas.Tenant:
         tenant = await self._tenant(tenant_id)
