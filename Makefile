@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= auto
 
-.PHONY: run test install migrate openapi openapi-check lint clean
+.PHONY: run test install migrate openapi openapi-check lint clean bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Livora needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -40,3 +40,7 @@ openapi-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+## bench: performance figures (ingestion acks and latency per stream driver, pipeline into the lake)
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
