@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
@@ -150,7 +148,3 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     declare_problems(app, _problem_statuses)
     return app
-
-
-def openapi_document(app: Litestar) -> dict[str, Any]:
-    return app.openapi_schema.to_schema()

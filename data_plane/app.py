@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from litestar import Litestar, get
 from litestar.datastructures import State
@@ -79,7 +77,3 @@ def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
     if path.startswith("/v1/"):
         return {400, 401, 403, 413, 429, 503}
     return {503} if handler.operation_id == "CellReady" else set()
-
-
-def openapi_document(app: Litestar) -> dict[str, Any]:
-    return app.openapi_schema.to_schema()

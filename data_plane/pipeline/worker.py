@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import socket
 from collections import Counter
@@ -217,10 +216,6 @@ class PipelineWorker:
         await self.profiles.close()
         if self.lake_store is not None:
             await self.lake_store.close()
-
-    def purge_before(self, before: dt.datetime) -> int:
-        """Forget sessions idle since ``before`` (memory bound for long-running workers)."""
-        return self.sessions.evict(before)
 
 
 def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings | None = None) -> PipelineWorker:
