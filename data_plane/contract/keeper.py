@@ -126,7 +126,6 @@ class ConfigKeeper:
         self.cache_path = Path(cache_path)
         self.interval = interval
         self.directory = Directory(EMPTY)
-        self.last_success: dt.datetime | None = None
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -167,7 +166,6 @@ class ConfigKeeper:
                 log.warning("config_pull_failed", error=exc.detail, serving_version=self.config.version)
             self.last_error = exc.detail
             return False
-        self.last_success = dt.datetime.now(dt.UTC)
         self.last_error = None
         if config is None:
             return False

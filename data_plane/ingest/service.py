@@ -41,7 +41,7 @@ class Request:
     client_ip: str | None = None
 
 
-def _utc(value: str, field: str) -> dt.datetime:
+def _utc(value: str) -> dt.datetime:
     parsed = dt.datetime.fromisoformat(value)
     return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
@@ -263,9 +263,9 @@ class Ingestor:
         if type_ == "group" and not group_id:
             raise ValueError("group needs a groupId")
         try:
-            original = _utc(message.timestamp, "timestamp") if message.timestamp else None
+            original = _utc(message.timestamp) if message.timestamp else None
             sent_raw = message.sent_at or batch_sent_at
-            sent_at = _utc(sent_raw, "sentAt") if sent_raw else None
+            sent_at = _utc(sent_raw) if sent_raw else None
         except ValueError:
             raise ValueError("timestamp and sentAt must be ISO 8601 date-times") from None
         # Client clocks drift: shift the event by how far the client's clock is off at sending.
