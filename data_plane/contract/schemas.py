@@ -66,3 +66,39 @@ def decode_config(payload: bytes) -> CellConfig:
     if config.contract != CONTRACT_VERSION:
         raise ValueError(f"cell config contract {config.contract} is not the supported {CONTRACT_VERSION}")
     return config
+
+
+USAGE_PATH = "/internal/v1/cell/usage"
+
+
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One measurement a cell reports for one tenant; the control plane counts each ``id`` once.
+
+    Metrics the cell sends: ``events`` (events accepted in the hour starting at ``timestamp``,
+    in ``value``) and ``tracked_users`` (hashed user keys seen in that hour, in ``keys``; a
+    billing period counts distinct keys across all its hours). Later features add
+    ``messages.<channel>`` and ``storage_bytes``. A report for an hour that is still going on
+    carries only what is new since the cell's previous report (a delta with its own id).
+    """
+
+    id: str
+    tenant_id: str
+    metric: str
+    timestamp: dt.datetime
+    value: int = 0
+    keys: list[str] = []
+
+
+class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a cell pushes to ``USAGE_PATH`` (authenticated like the config pull)."""
+
+    contract: int = CONTRACT_VERSION
+    cell_id: str
+    records: list[UsageRecord]
+
+
+class UsageReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """The control plane's answer: records newly stored, and records it already had (by id)."""
+
+    stored: int
+    duplicates: int
