@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 from litestar import Litestar, get
 from litestar.datastructures import State
@@ -12,8 +14,13 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from data_plane.contract.keeper import ConfigKeeper
 from data_plane.ingest.routes import CORS, ingest_router
 from data_plane.ingest.service import Ingestor
+from data_plane.lake.store import open_lake_store
+from data_plane.ops.routes import ops_router
+from data_plane.ops.service import Operations
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Stream
+from data_plane.usage.ledger import UsageLedger
+from data_plane.usage.push import HttpUsageSink, UsagePusher, UsageSink
 from kernel.errors import Unavailable
 from kernel.http import EXCEPTION_HANDLERS, declare_problems, request_context_middleware
 
@@ -38,21 +45,62 @@ async def ready(state: State) -> Health:
     return Health(status="ok", config_version=keeper.config.version)
 
 
-def create_cell_app(settings: CellSettings, keeper: ConfigKeeper, stream: Stream, *, own: bool = True) -> Litestar:
-    """The cell app over a config keeper and a stream. With ``own``, the app starts and stops the keeper."""
-    ingestor = Ingestor(settings, keeper, stream)
+def create_cell_app(
+    settings: CellSettings,
+    keeper: ConfigKeeper,
+    stream: Stream,
+    *,
+    own: bool = True,
+    usage_sink: UsageSink | None = None,
+) -> Litestar:
+    """The cell app over a config keeper and a stream. With ``own``, the app starts and stops the keeper.
+
+    Usage goes to ``usage_sink``; without one, to the control plane at ``control_plane_url`` when
+    that is set, and otherwise it waits in the ledger's outbox.
+    """
+    ledger = UsageLedger(settings.usage_path)
+    lake = open_lake_store(settings)
+    ingestor = Ingestor(settings, keeper, stream, ledger=ledger)
+    if usage_sink is None and settings.control_plane_url:
+        usage_sink = HttpUsageSink(settings.control_plane_url, settings.cell_secret)
+    pusher = (
+        UsagePusher(ledger, usage_sink, settings.cell_id, interval=settings.usage_push_seconds)
+        if usage_sink is not None
+        else None
+    )
+    stopping = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
 
     async def start(app: Litestar) -> None:
         if own:
             await keeper.start()
+        if pusher is not None:
+            stopping.clear()
+            tasks.append(asyncio.create_task(pusher.run(stopping), name="usage-pusher"))
 
     async def stop(app: Litestar) -> None:
+        stopping.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
         if own:
             await keeper.stop()
+        if usage_sink is not None:
+            await usage_sink.close()
+        await ledger.close()
+        await lake.close()
 
     app = Litestar(
-        route_handlers=[health, ready, ingest_router],
-        state=State({"keeper": keeper, "ingestor": ingestor, "stream": stream}),
+        route_handlers=[health, ready, ingest_router, ops_router],
+        state=State(
+            {
+                "settings": settings,
+                "keeper": keeper,
+                "ingestor": ingestor,
+                "stream": stream,
+                "ledger": ledger,
+                "ops": Operations(stream, ledger, lake),
+            }
+        ),
         middleware=[request_context_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
@@ -76,4 +124,6 @@ def create_cell_app(settings: CellSettings, keeper: ConfigKeeper, stream: Stream
 def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
     if path.startswith("/v1/"):
         return {400, 401, 403, 413, 429, 503}
+    if path.startswith("/internal/"):
+        return {400, 401, 403, 503}
     return {503} if handler.operation_id == "CellReady" else set()

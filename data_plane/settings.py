@@ -20,8 +20,12 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     cell_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8001
     # Control plane to pull config from (a remote cell); empty in the all-in-one mode.
     control_plane_url: str = ""
-    # The credential this cell presents to the control plane.
+    # The credential this cell presents to the control plane (and asks of callers of its operations API).
     cell_secret: str = ""
+    # This cell's name in the usage it reports to the control plane.
+    cell_id: str = "local"
+    # How often the cell sends usage (events accepted, tracked users) to the control plane.
+    usage_push_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 60.0
     # How often the cell pulls its config (revocations take effect within about this long).
     config_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
     # Largest event and request the ingestion API accepts (Segment's limits).
@@ -48,6 +52,11 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def cell_dir(self) -> Path:
         return Path(self.data_dir) / "cell"
+
+    @property
+    def usage_path(self) -> Path:
+        """The usage ledger shared by the cell's ingest server and its workers."""
+        return self.cell_dir / "usage.db"
 
     @property
     def config_cache_path(self) -> Path:

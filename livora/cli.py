@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
+    from livora.cell_ops import add_commands as add_cell_ops
+
+    add_cell_ops(commands)
+
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=cmd_migrate)
 

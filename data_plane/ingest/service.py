@@ -20,6 +20,7 @@ from data_plane.ingest import schemas
 from data_plane.ingest.ratelimit import TokenBuckets
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Record, Stream
+from data_plane.usage.ledger import UsageLedger, user_key
 from kernel.errors import NotAuthenticated, PermissionDenied, QuotaExceeded, TooLarge, ValidationFailed
 
 # Ids key the stream's partitions (with the tenant), which hold keys of at most 256 characters.
@@ -96,10 +97,12 @@ class Ingestor:
         stream: Stream,
         buckets: TokenBuckets | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        ledger: UsageLedger | None = None,
     ) -> None:
         self.settings = settings
         self.keeper = keeper
         self.stream = stream
+        self.ledger = ledger
         self.buckets = buckets or TokenBuckets()
         self.clock = clock
 
@@ -224,6 +227,12 @@ class Ingestor:
         await self.stream.append(
             [Record(f"{event.tenant_id}/{event.partition_key}", encode_event(event)) for event in events]
         )
+        if self.ledger is not None:
+            # Counted before the 202: what a client was told is accepted is always in the ledger.
+            tenant_id = resolved.tenant.id
+            await self.ledger.accepted(
+                tenant_id, received_at, len(events), {user_key(tenant_id, e.partition_key) for e in events}
+            )
         return schemas.Accepted(accepted=len(events), message_ids=[e.message_id for e in events])
 
     def _event(

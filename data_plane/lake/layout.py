@@ -15,6 +15,7 @@ _PARTITION_KEY = re.compile(
     r"tenants/(?P<tenant>[^/]+)/events/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/(?P<name>[^/]+)"
 )
 
+TENANTS_PREFIX = "tenants/"
 PART_PREFIX = "part-"
 COMPACT_PREFIX = "compact-"
 SUFFIX = ".parquet"
@@ -33,7 +34,7 @@ def check_tenant_id(tenant_id: str) -> str:
 
 def tenant_prefix(tenant_id: str) -> str:
     """Everything the lake holds for one tenant; deleting the tenant deletes exactly this prefix."""
-    return f"tenants/{check_tenant_id(tenant_id)}/"
+    return f"{TENANTS_PREFIX}{check_tenant_id(tenant_id)}/"
 
 
 def events_prefix(tenant_id: str) -> str:

@@ -21,6 +21,8 @@ from kernel.registry import DriverRegistry
 if TYPE_CHECKING:
     import aioboto3
 
+    from data_plane.settings import CellSettings
+
 UNAVAILABLE = "object_store_unavailable"
 MISSING = "object_not_found"
 # Temporary files of the local driver: hidden (keys never have a segment starting with ".") and not
@@ -460,3 +462,15 @@ def _s3_driver(
     if not bucket:
         raise ConfigError("LIVORA_LAKE_BUCKET", "a bucket is required when LIVORA_LAKE_DRIVER=s3")
     return S3ObjectStore(bucket, prefix=prefix, endpoint_url=endpoint_url or None, region=region or None)
+
+
+def open_lake_store(settings: CellSettings) -> ObjectStore:
+    """The cell's lake, as its ``LIVORA_LAKE_*`` settings describe it."""
+    return object_store_drivers.create(
+        settings.lake_driver,
+        lake_dir=settings.lake_path,
+        bucket=settings.lake_bucket or None,
+        prefix=settings.lake_prefix,
+        endpoint_url=settings.lake_endpoint_url or None,
+        region=settings.lake_region or None,
+    )

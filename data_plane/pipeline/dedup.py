@@ -50,6 +50,11 @@ class DedupStore(Protocol):
         """Record each sighting; ``True`` where it is a first sighting (keep the event)."""
         ...
 
+    async def release(self, tenant_id: str, message_id: str, delivery: str) -> None:
+        """Forget the message's first sighting if it was recorded by ``delivery`` (which then did not
+        reach the lake, e.g. it was dead-lettered): a replay of it must not count as a duplicate."""
+        ...
+
     async def purge(self, cutoff_us: int) -> int:
         """Forget first sightings at or before ``cutoff_us`` (expired); returns how many, when known."""
         ...
@@ -118,6 +123,10 @@ class Deduplicator:
         ]
         flags = await self.filter_new(keys)
         return [event for event, keep in zip(events, flags, strict=True) if keep]
+
+    async def release(self, tenant_id: str, message_id: str, delivery: str) -> None:
+        """Undo a first sighting by ``delivery`` (see ``DedupStore.release``)."""
+        await self.store.release(tenant_id, message_id, delivery)
 
     async def purge(self, now: dt.datetime) -> int:
         """Drop records that expired by ``now``.

@@ -36,6 +36,16 @@ redis.call('SET', KEYS[1], stored, 'PX', ARGV[3])
 return 1
 """
 
+# Deletes the key only when its recorded delivery is ARGV[1].
+_RELEASE = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  local bar = string.find(value, '|', 1, true)
+  if bar and string.sub(value, bar + 1) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+end
+return 0
+"""
+
 
 def tenant_prefix(tenant_id: str) -> str:
     # Percent-encoding the tenant keeps the key map injective (a tenant id with a slash cannot
@@ -71,6 +81,7 @@ class RedisDedupStore:
             retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.01), retries),
         )
         self._script = self._redis.register_script(_RECORD)
+        self._release = self._redis.register_script(_RELEASE)
 
     @contextmanager
     def _translated(self, operation: str) -> Iterator[None]:
@@ -96,6 +107,10 @@ class RedisDedupStore:
             with self._translated("record"):
                 results = await pipe.execute()
         return [bool(flag) for flag in results]
+
+    async def release(self, tenant_id: str, message_id: str, delivery: str) -> None:
+        with self._translated("release"):
+            await self._release(keys=[self.prefix + dedup_key(tenant_id, message_id)], args=[delivery])
 
     async def purge(self, cutoff_us: int) -> int:
         del cutoff_us  # Redis expires keys itself.

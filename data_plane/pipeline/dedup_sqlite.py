@@ -90,6 +90,15 @@ class SqliteDedupStore:
 
         return await self._run("record", work)
 
+    async def release(self, tenant_id: str, message_id: str, delivery: str) -> None:
+        await self._run(
+            "release",
+            lambda conn: conn.execute(
+                "DELETE FROM dedup_sightings WHERE tenant_id = ? AND message_id = ? AND delivery = ?",
+                (tenant_id, message_id, delivery),
+            ),
+        )
+
     async def purge(self, cutoff_us: int) -> int:
         def work(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM dedup_sightings WHERE first_seen_us <= ?", (cutoff_us,)).rowcount

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -80,6 +81,8 @@ class Sessionizer:
         self.max_us = max_length // _MICROSECOND
         self.recent = recent
         self._state: dict[tuple[str, str], list[Session]] = {}
+        # Profiles whose sessions changed since ``take_changes``; persisted by the worker at flush.
+        self._changed: set[tuple[str, str]] = set()
 
     def _fits(self, session: Session, t: int) -> bool:
         gap = session.start - t if t < session.start else t - session.last if t > session.last else 0
@@ -89,6 +92,7 @@ class Sessionizer:
         """The event's session id; updates the profile's sessions."""
         t = (event.timestamp - _EPOCH) // _MICROSECOND
         sessions = self._state.setdefault((tenant_id, profile_id), [])
+        self._changed.add((tenant_id, profile_id))
         sdk_id = sdk_session_id(event)
         if sdk_id is not None:
             chosen = next((s for s in sessions if s.id == sdk_id), None)
@@ -129,6 +133,7 @@ class Sessionizer:
         merged = self._state.get((tenant_id, into_profile), []) + moved
         merged.sort(key=lambda s: s.last)  # stable: keeps the carried-over ones after on ties
         self._state[(tenant_id, into_profile)] = merged[-self.recent :]
+        self._changed |= {(tenant_id, from_profile), (tenant_id, into_profile)}
 
     def evict(self, before: dt.datetime) -> int:
         """Forget profiles with no activity since ``before``; returns how many were dropped."""
@@ -137,6 +142,41 @@ class Sessionizer:
         for key in stale:
             del self._state[key]
         return len(stale)
+
+    # --- persistence, one profile at a time -------------------------------------------------------
+
+    def unknown(self, tenant_id: str, profile_ids: Iterable[str]) -> list[str]:
+        """Profiles of the tenant this sessionizer holds no state for (to ``load`` before use)."""
+        return sorted({p for p in profile_ids if (tenant_id, p) not in self._state})
+
+    def load(self, tenant_id: str, states: Mapping[str, bytes]) -> None:
+        """Take persisted sessions (from ``take_changes``) for profiles not held yet."""
+        for profile_id, data in states.items():
+            self._state.setdefault((tenant_id, profile_id), msgspec.msgpack.decode(data, type=list[Session]))
+
+    def take_changes(self) -> dict[str, dict[str, bytes | None]]:
+        """Per tenant, the changed profiles' sessions encoded (``None``: the profile has none left)."""
+        changes: dict[str, dict[str, bytes | None]] = {}
+        for tenant_id, profile_id in self._changed:
+            sessions = self._state.get((tenant_id, profile_id))
+            changes.setdefault(tenant_id, {})[profile_id] = msgspec.msgpack.encode(sessions) if sessions else None
+        self._changed = set()
+        return changes
+
+    def restore_changes(self, changes: dict[str, dict[str, bytes | None]]) -> None:
+        """Mark ``take_changes``' profiles changed again (their save failed)."""
+        for tenant_id, profiles in changes.items():
+            self._changed |= {(tenant_id, profile_id) for profile_id in profiles}
+
+    def shrink(self, max_profiles: int) -> int:
+        """Drop unchanged profiles' state when more than ``max_profiles`` are held (they are
+        persisted, and loaded again when needed); returns how many were dropped."""
+        if len(self._state) <= max_profiles:
+            return 0
+        clean = [key for key in self._state if key not in self._changed]
+        for key in clean:
+            del self._state[key]
+        return len(clean)
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode([_Entry(t, p, s) for (t, p), s in self._state.items() if s])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import socket
 from collections import Counter
@@ -13,7 +14,8 @@ import msgspec
 import structlog
 
 from data_plane.events import Event, decode_event
-from data_plane.lake.store import ObjectStore, object_store_drivers
+from data_plane.lake.compactor import Compaction, Compactor
+from data_plane.lake.store import ObjectStore, open_lake_store
 from data_plane.lake.writer import LakeWriter
 from data_plane.pipeline.dedup import Deduplicator, Sighting
 from data_plane.pipeline.enrich import DEFAULT_POLICY, Enricher, EnrichmentPolicy
@@ -29,6 +31,7 @@ from data_plane.pipeline.settings import (
 from data_plane.profiles.port import ProfileStore, create_profile_store, load_profiles_settings
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Entry, Stream
+from data_plane.usage.ledger import Outcome, UsageLedger
 from kernel.errors import Unavailable
 
 log = structlog.get_logger("livora.pipeline")
@@ -77,6 +80,9 @@ class PipelineWorker:
         reclaim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
         policy_for: Callable[[str], EnrichmentPolicy] = lambda tenant_id: DEFAULT_POLICY,
+        ledger: UsageLedger | None = None,
+        max_session_profiles: int = 100_000,
+        housekeeping_s: float = 300.0,
     ) -> None:
         self.stream = stream
         self.dedup = dedup
@@ -92,14 +98,38 @@ class PipelineWorker:
         self.reclaim_idle_ms = reclaim_idle_ms
         self.max_deliveries = max_deliveries
         self.policy_for = policy_for
+        self.ledger = ledger
+        self.max_session_profiles = max_session_profiles
+        self.housekeeping_s = housekeeping_s
+        self._housekept_at = 0.0
+        # Tenants written lately (monotonic time of the last write): their closed hours get compacted.
+        self._recent_tenants: dict[str, float] = {}
         self.stats = Stats()
         self._reclaimed_at = 0.0
+        # Stream id -> (tenant, received_at) of what sits in the lake writer's buffers.
+        self._buffered: dict[str, tuple[str, dt.datetime]] = {}
+        # Written to the lake, not acked yet (a later step of the flush failed): acked next time.
+        self._durable: list[str] = []
 
-    async def _dead_letter(self, entry: Entry, reason: str) -> None:
+    async def _count(self, outcomes: list[Outcome]) -> None:
+        if self.ledger is not None and outcomes:
+            await self.ledger.outcomes(outcomes)
+
+    async def _dead_letter(self, entry: Entry, reason: str, event: Event | None = None, *, seen: bool = False) -> None:
+        """Move the entry to the dead-letter store. Counted first (once per entry id, so a crash in
+        between counts it once when the redelivery dead-letters it again). ``seen``: dedup recorded
+        the event's first sighting, released so that a replay of it is not taken for a duplicate."""
+        if event is not None:
+            tenant_id, received_at = event.tenant_id, event.received_at
+        else:
+            tenant_id, received_at = entry.partition_key.split("/", 1)[0], dt.datetime.now(dt.UTC)
+        await self._count([Outcome(entry.id, tenant_id, received_at, "dead_lettered")])
+        if seen and event is not None:
+            await self.dedup.release(event.tenant_id, event.message_id, entry.id)
         if await self.stream.dead_letter(self.group, entry, reason) is not None:
             self.stats.dead_lettered += 1
             self.stats.by_reason[reason.split(":", 1)[0]] += 1
-            log.warning("event_dead_lettered", entry_id=entry.id, reason=reason)
+            log.warning("event_dead_lettered", entry_id=entry.id, tenant_id=tenant_id, reason=reason)
 
     async def _next_entries(self) -> list[Entry]:
         loop = asyncio.get_running_loop()
@@ -136,9 +166,12 @@ class PipelineWorker:
             keep = await self.dedup.filter_new(
                 Sighting(event.tenant_id, event.message_id, event.received_at, entry.id) for entry, event in decoded
             )
-            duplicates = [entry.id for (entry, _), new in zip(decoded, keep, strict=True) if not new]
+            duplicates = [(entry, event) for (entry, event), new in zip(decoded, keep, strict=True) if not new]
             if duplicates:
-                await self.stream.ack(self.group, duplicates)
+                await self._count(
+                    [Outcome(entry.id, event.tenant_id, event.received_at, "duplicate") for entry, event in duplicates]
+                )
+                await self.stream.ack(self.group, [entry.id for entry, _ in duplicates])
                 self.stats.duplicates += len(duplicates)
             await self._process([pair for pair, new in zip(decoded, keep, strict=True) if new])
         if self.lake.due():
@@ -151,12 +184,14 @@ class PipelineWorker:
             try:
                 enriched.append((entry, self.enricher.enrich(event, self.policy_for(event.tenant_id))))
             except Exception as exc:  # a poison event must not stop the pipeline
-                await self._dead_letter(entry, f"enrichment_failed: {type(exc).__name__}: {exc}")
+                await self._dead_letter(entry, f"enrichment_failed: {type(exc).__name__}: {exc}", event, seen=True)
         by_tenant: dict[str, list[tuple[Entry, Event]]] = {}
         for entry, event in enriched:
             by_tenant.setdefault(event.tenant_id, []).append((entry, event))
         for tenant_id, items in by_tenant.items():
-            for (entry, event), resolution in await self._resolve(tenant_id, items):
+            resolved = await self._resolve(tenant_id, items)
+            await self._load_sessions(tenant_id, [resolution for _, resolution in resolved if resolution is not None])
+            for (entry, event), resolution in resolved:
                 if resolution is not None:
                     for merge in resolution.merges:
                         self.sessions.rekey(tenant_id, merge.from_profile, merge.into_profile)
@@ -165,6 +200,7 @@ class PipelineWorker:
                         msgspec.structs.replace(event, context=context), resolution.profile_id
                     )
                 self.lake.add(event, entry.id)
+                self._buffered[entry.id] = (event.tenant_id, event.received_at)
 
     async def _resolve(
         self, tenant_id: str, items: list[tuple[Entry, Event]]
@@ -182,25 +218,78 @@ class PipelineWorker:
                     resolutions += await self.profiles.apply(tenant_id, [event])
                     kept.append((entry, event))
                 except ValueError as exc:
-                    await self._dead_letter(entry, f"profile_refused: {exc}")
+                    await self._dead_letter(entry, f"profile_refused: {exc}", event, seen=True)
             named = kept
         found = {entry.id: resolution for (entry, _), resolution in zip(named, resolutions, strict=True)}
         alive = {entry.id for entry, _ in named} | {e.id for e, ev in items if not (ev.user_id or ev.anonymous_id)}
         return [((entry, event), found.get(entry.id)) for entry, event in items if entry.id in alive]
 
+    async def _load_sessions(self, tenant_id: str, resolutions: list[Resolution]) -> None:
+        """Bring the persisted sessions of the batch's profiles (and of profiles merged away) into memory."""
+        wanted = {r.profile_id for r in resolutions} | {m.from_profile for r in resolutions for m in r.merges}
+        unknown = self.sessions.unknown(tenant_id, wanted)
+        if unknown:
+            self.sessions.load(tenant_id, await self.profiles.load_sessions(tenant_id, unknown))
+
     async def flush(self) -> int:
-        durable = await self.lake.flush()
-        if durable:
-            await self.stream.ack(self.group, durable)
-            self.stats.written += len(durable)
+        """Write the lake's buffers, then persist sessions and count, then ack: in that order, so an
+        ack never comes before what it confirms is durable."""
+        self._durable += await self.lake.flush()
+        if not self._durable:
+            return 0
+        changes = self.sessions.take_changes()
+        try:
+            for tenant_id, states in changes.items():
+                await self.profiles.save_sessions(tenant_id, states)
+        except BaseException:
+            self.sessions.restore_changes(changes)
+            raise
+        self.sessions.shrink(self.max_session_profiles)
+        await self._count(
+            [
+                Outcome(stream_id, *self._buffered[stream_id], "written")
+                for stream_id in self._durable
+                if stream_id in self._buffered
+            ]
+        )
+        await self.stream.ack(self.group, self._durable)
+        durable, self._durable = self._durable, []
+        now = asyncio.get_running_loop().time()
+        for stream_id in durable:
+            written = self._buffered.pop(stream_id, None)
+            if written is not None:
+                self._recent_tenants[written[0]] = now
+        self.stats.written += len(durable)
         return len(durable)
+
+    async def housekeeping(self) -> list[Compaction]:
+        """Compact the closed hours of tenants written in the last two hours; forget expired dedup
+        records and counted entry ids. Safe to run from several workers at once."""
+        now = asyncio.get_running_loop().time()
+        self._recent_tenants = {t: at for t, at in self._recent_tenants.items() if now - at < 7200}
+        done: list[Compaction] = []
+        if self.lake_store is not None:
+            compactor = Compactor(self.lake_store)
+            for tenant_id in sorted(self._recent_tenants):
+                done += await compactor.compact_closed(tenant_id)
+        # An hour behind the wall clock, as Deduplicator.purge asks.
+        await self.dedup.purge(dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        if self.ledger is not None:
+            await self.ledger.purge()
+        if done:
+            log.info("lake_compacted", partitions=len(done), files=sum(c.files for c in done))
+        return done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set; then flush what is buffered. Backs off while a dependency is down."""
         delay = 0.1
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             try:
                 await self.step()
+                if loop.time() - self._housekept_at >= self.housekeeping_s:
+                    self._housekept_at = loop.time()
+                    await self.housekeeping()
                 delay = 0.1
             except Unavailable as exc:
                 log.warning("pipeline_dependency_down", error=exc.detail, retry_in_s=delay)
@@ -212,6 +301,8 @@ class PipelineWorker:
             log.warning("pipeline_final_flush_failed", error=exc.detail)
 
     async def close(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.close()
         await self.dedup.close()
         await self.profiles.close()
         if self.lake_store is not None:
@@ -226,14 +317,7 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         profiles = msgspec.structs.replace(profiles, profiles_sqlite_root=str(cell.cell_dir))
     if "LIVORA_DEDUP_SQLITE_PATH" not in os.environ:
         pipeline = msgspec.structs.replace(pipeline, dedup_sqlite_path=str(cell.cell_dir / "dedup.db"))
-    store = object_store_drivers.create(
-        cell.lake_driver,
-        lake_dir=cell.lake_path,
-        bucket=cell.lake_bucket or None,
-        prefix=cell.lake_prefix,
-        endpoint_url=cell.lake_endpoint_url or None,
-        region=cell.lake_region or None,
-    )
+    store = open_lake_store(cell)
     return PipelineWorker(
         stream,
         build_deduplicator(pipeline),
@@ -242,4 +326,5 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         build_sessionizer(pipeline),
         LakeWriter(store, max_rows=cell.lake_flush_rows, max_age_s=cell.lake_flush_seconds),
         lake_store=store,
+        ledger=UsageLedger(cell.usage_path),
     )

@@ -87,3 +87,11 @@ applied_messages = sa.Table(
     sa.Column("profile_id", sa.String, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False, index=True),
 )
+
+# Each profile's recent sessions (the sessionizer's state), so sessions continue across restarts.
+profile_sessions = sa.Table(
+    "profile_sessions",
+    metadata,
+    sa.Column("profile_id", sa.String, primary_key=True),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+)

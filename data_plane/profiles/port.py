@@ -60,6 +60,14 @@ class ProfileStore(Protocol):
         """Live profiles ordered by id, ``limit`` (1..200) at a time."""
         ...
 
+    async def load_sessions(self, tenant_id: str, profile_ids: Sequence[str]) -> dict[str, bytes]:
+        """The persisted session state of those profiles that have one."""
+        ...
+
+    async def save_sessions(self, tenant_id: str, states: Mapping[str, bytes | None]) -> None:
+        """Replace the profiles' session state (``None`` deletes it), in one transaction."""
+        ...
+
     async def ensure_tenant(self, tenant_id: str) -> None:
         """Create the tenant's storage now (``apply`` also does it on first use)."""
         ...

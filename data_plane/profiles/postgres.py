@@ -58,8 +58,8 @@ class PostgresProfileStore(SqlProfileStore):
             found = await conn.scalar(
                 sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema_name(tenant_id)}
             )
-        if found:
-            self._ready.add(tenant_id)
+        # NOTE: not marked ready: the first write of each process runs ``_create``, which adds tables
+        # newer versions introduced to a schema an older version created.
         return bool(found)
 
     async def _create(self, tenant_id: str) -> None:

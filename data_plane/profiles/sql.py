@@ -6,7 +6,7 @@ import asyncio
 import base64
 import builtins
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -32,6 +32,7 @@ from data_plane.profiles.models import (
     applied_messages,
     identities,
     merges,
+    profile_sessions,
     profiles,
     redirects,
     relinks,
@@ -460,6 +461,20 @@ class SqlProfileStore:
                 await batch.flush()
         return result
 
+    async def save_sessions(self, tenant_id: str, states: Mapping[str, bytes | None]) -> None:
+        check_tenant_id(tenant_id)
+        if not states:
+            return
+        t = profile_sessions
+        async with self._lock(tenant_id), self._guard(tenant_id, "save sessions"):
+            async with self._transaction(tenant_id, write=True) as conn:
+                assert conn is not None
+                for chunk in _chunks(states):
+                    await conn.execute(sa.delete(t).where(t.c.profile_id.in_(chunk)))
+                rows = [{"profile_id": p, "state": state} for p, state in states.items() if state is not None]
+                if rows:
+                    await conn.execute(sa.insert(t), rows)
+
     async def purge_applied(self, tenant_id: str, received_before: dt.datetime) -> int:
         async with self._reading(tenant_id, "purge applied messages") as probe:
             if probe is None:
@@ -490,6 +505,19 @@ class SqlProfileStore:
             for profile_id, kind, identifier in await conn.execute(query):
                 ids[profile_id].append((kind, identifier))
         return [_profile(row, ids[row.profile_id]) for row in rows]
+
+    async def load_sessions(self, tenant_id: str, profile_ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        async with self._reading(tenant_id, "read sessions") as conn:
+            if conn is None:
+                return found
+            t = profile_sessions
+            for chunk in _chunks(profile_ids):
+                for profile_id, state in await conn.execute(
+                    sa.select(t.c.profile_id, t.c.state).where(t.c.profile_id.in_(chunk))
+                ):
+                    found[profile_id] = bytes(state)
+        return found
 
     async def get(self, tenant_id: str, profile_id: str) -> Profile | None:
         async with self._reading(tenant_id, "read a profile") as conn:

@@ -66,9 +66,13 @@ class SqliteWorker:
         label: str,
         schema: str,
         on_open: Callable[[sqlite3.Connection], None] | None = None,
+        what: str = "stream",
+        code: str = "stream_unavailable",
     ) -> None:
         self.path = Path(path)
         self.label = label
+        self.what = what
+        self.code = code
         self._schema = schema
         self._on_open = on_open
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"livora-{label}")
@@ -105,11 +109,8 @@ class SqliteWorker:
 
     def unavailable(self, operation: str, exc: BaseException | None = None) -> Unavailable:
         if exc is None:
-            return Unavailable(f"stream ({self.label} at {self.path}) is closed", code="stream_unavailable")
-        return Unavailable(
-            f"stream ({self.label} at {self.path}) failed {operation}: {exc}",
-            code="stream_unavailable",
-        )
+            return Unavailable(f"{self.what} ({self.label} at {self.path}) is closed", code=self.code)
+        return Unavailable(f"{self.what} ({self.label} at {self.path}) failed {operation}: {exc}", code=self.code)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], operation: str) -> T:
         """Run ``fn(connection)`` on the worker thread; SQLite and OS errors become ``Unavailable``."""

@@ -3,55 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
 
-from data_plane.pipeline.worker import GROUP, create_worker
 from data_plane.profiles.sqlite import SqliteProfileStore
-from data_plane.stream.log import LogStream
-
-
-def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
-
-
-def lake_rows(lake: Path) -> list[dict]:
-    files = sorted(lake.rglob("*.parquet"))
-    rows: list[dict] = []
-    for file in files:
-        rows += pq.read_table(file, columns=["message_id", "tenant_id", "type", "session_id", "context"]).to_pylist()
-    return rows
-
-
-async def drain(cell, *, crash_after: int | None = None) -> dict:
-    """Run workers until the stream is empty; with ``crash_after``, drop the first worker mid-way."""
-    stream = LogStream(cell.stream_path)
-    try:
-        if crash_after is not None:
-            doomed = create_worker(stream, cell.settings)
-            doomed.reclaim_idle_ms = 200
-            handled = 0
-            while handled < crash_after:
-                handled += await doomed.step()
-            # Killed: its buffer is lost, its entries stay pending in the stream.
-            await doomed.dedup.close()
-        worker = create_worker(stream, cell.settings)
-        worker.reclaim_idle_ms = 200
-        worker.lake.max_age_s = 0.2
-        for _ in range(500):
-            handled = await worker.step()
-            if not handled and not worker.lake.buffered and await stream.pending(GROUP) == 0:
-                break
-        await worker.flush()
-        assert await stream.pending(GROUP) == 0
-        stats = worker.stats
-        await worker.close()
-        return {"written": stats.written, "duplicates": stats.duplicates, "dead": stats.dead_lettered}
-    finally:
-        await stream.close()
+from tests.support.cell import basic, drain, lake_rows
 
 
 def test_every_event_lands_in_the_lake_once(cell, world):

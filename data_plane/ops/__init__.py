@@ -1,0 +1,1 @@
+"""The cell's operations API: reconciliation and the dead-letter store, for Livora operators."""

@@ -1,0 +1,332 @@
+"""The cell's usage ledger: per tenant and hour, what ingestion accepted and what became of it.
+
+Two writers share it: ingestion counts events accepted (after their append is durable, before the
+202) and the distinct users behind them; pipeline workers count each stream entry's outcome, once
+per entry id however often it is delivered. Reconciliation reads it beside the lake, and the usage
+pusher turns its growth into ``UsageRecord``s for the control plane through an outbox, so a report
+that was sent but not confirmed goes again under the same id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import hashlib
+import sqlite3
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from data_plane.contract.schemas import UsageRecord
+from data_plane.stream._sqlite import SqliteWorker, transaction
+
+OutcomeKind = Literal["written", "duplicate", "dead_lettered"]
+# Most keys in one tracked_users record: a report stays well under a request's size limit.
+MAX_KEYS_PER_RECORD = 5_000
+# Entry ids are remembered this long to count each entry once; far longer than any redelivery.
+COUNTED_RETENTION = dt.timedelta(days=8)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage_hours (
+    tenant_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0,
+    written INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    replayed INTEGER NOT NULL DEFAULT 0,
+    reported INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_users (
+    tenant_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    user_key TEXT NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant_id, hour, user_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_usage_users_unreported ON usage_users (reported, tenant_id, hour);
+CREATE TABLE IF NOT EXISTS usage_counted (
+    entry_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ix_usage_counted_at ON usage_counted (at);
+CREATE TABLE IF NOT EXISTS usage_outbox (
+    id TEXT PRIMARY KEY,
+    record BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def hour_of(moment: dt.datetime) -> dt.datetime:
+    """The start of the UTC hour ``moment`` falls in (a naive datetime is taken as UTC)."""
+    moment = moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return int(hour_of(moment).timestamp())
+
+
+def _moment(epoch: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+def user_key(tenant_id: str, user_or_anonymous_id: str) -> str:
+    """A tracked user as the ledger and billing see it: a digest, never the id itself."""
+    return hashlib.blake2b(f"{tenant_id}\x00{user_or_anonymous_id}".encode(), digest_size=10).hexdigest()
+
+
+class Outcome(NamedTuple):
+    """What became of one stream entry: written to the lake, dropped as a duplicate, or dead-lettered."""
+
+    entry_id: str
+    tenant_id: str
+    received_at: dt.datetime
+    kind: OutcomeKind
+
+
+@dataclass(frozen=True)
+class HourCounts:
+    """One tenant-hour of the ledger. ``dead_lettered`` is net of replays."""
+
+    tenant_id: str
+    hour: dt.datetime
+    accepted: int
+    written: int
+    duplicates: int
+    dead_lettered: int
+    users: int
+
+
+@dataclass
+class _Pending:
+    tenant_id: str
+    hour: int
+    count: int
+    keys: set[str]
+    done: asyncio.Future[None] = field(repr=False)
+
+
+class UsageLedger:
+    """The ledger in a SQLite file beside the cell's stream log (WAL, ``synchronous=FULL``).
+
+    Several processes (the ingest server, ``livora worker``s) open the same file; SQLite's write
+    lock orders them. Concurrent ``accepted`` calls of one process are committed together (group
+    commit): one fsync for all the requests that arrived meanwhile.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = SqliteWorker(path, label="sqlite", schema=_SCHEMA, what="usage ledger", code="usage_unavailable")
+        self._queue: list[_Pending] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    # --- ingestion -------------------------------------------------------------------------
+
+    async def accepted(self, tenant_id: str, received_at: dt.datetime, count: int, user_keys: Iterable[str]) -> None:
+        """Count ``count`` events accepted at ``received_at`` and the users behind them; durable on return."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(tenant_id, _epoch(received_at), count, set(user_keys), done))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._db.run(functools.partial(self._apply_accepted, batch=batch), "count accepted events")
+                except BaseException as exc:
+                    for pending in batch:
+                        if not pending.done.done():
+                            pending.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for pending in batch:
+                        if not pending.done.done():
+                            pending.done.set_result(None)
+        finally:
+            self._draining = None
+
+    @staticmethod
+    def _apply_accepted(conn: sqlite3.Connection, *, batch: list[_Pending]) -> None:
+        totals: dict[tuple[str, int], int] = {}
+        users: set[tuple[str, int, str]] = set()
+        for pending in batch:
+            totals[(pending.tenant_id, pending.hour)] = totals.get((pending.tenant_id, pending.hour), 0) + pending.count
+            users.update((pending.tenant_id, pending.hour, key) for key in pending.keys)
+        with transaction(conn):
+            conn.executemany(
+                "INSERT INTO usage_hours (tenant_id, hour, accepted) VALUES (?, ?, ?) "
+                "ON CONFLICT (tenant_id, hour) DO UPDATE SET accepted = accepted + excluded.accepted",
+                [(tenant, hour, count) for (tenant, hour), count in totals.items()],
+            )
+            conn.executemany("INSERT OR IGNORE INTO usage_users (tenant_id, hour, user_key) VALUES (?, ?, ?)", users)
+
+    # --- pipeline --------------------------------------------------------------------------
+
+    async def outcomes(self, outcomes: Sequence[Outcome], now: dt.datetime | None = None) -> int:
+        """Count each entry's outcome once (by entry id); returns how many were new."""
+        if not outcomes:
+            return 0
+        stamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
+
+        def apply(conn: sqlite3.Connection) -> int:
+            column = {"written": "written", "duplicate": "duplicates", "dead_lettered": "dead_lettered"}
+            totals: dict[tuple[str, int, str], int] = {}
+            with transaction(conn):
+                for outcome in outcomes:
+                    cursor = conn.execute(
+                        "INSERT OR IGNORE INTO usage_counted (entry_id, at) VALUES (?, ?)", (outcome.entry_id, stamp)
+                    )
+                    if cursor.rowcount:
+                        key = (outcome.tenant_id, _epoch(outcome.received_at), column[outcome.kind])
+                        totals[key] = totals.get(key, 0) + 1
+                for (tenant, hour, name), count in totals.items():
+                    conn.execute(
+                        f"INSERT INTO usage_hours (tenant_id, hour, {name}) VALUES (?, ?, ?) "  # fixed column names
+                        f"ON CONFLICT (tenant_id, hour) DO UPDATE SET {name} = {name} + excluded.{name}",
+                        (tenant, hour, count),
+                    )
+            return sum(totals.values())
+
+        return await self._db.run(apply, "count outcomes")
+
+    async def replayed(self, tenant_id: str, received_at: dt.datetime, count: int = 1) -> None:
+        """Dead letters of that hour were appended again: they are no longer dead, and their new
+        entries count as written (or dead again) when the pipeline handles them."""
+
+        def apply(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT INTO usage_hours (tenant_id, hour, replayed) VALUES (?, ?, ?) "
+                    "ON CONFLICT (tenant_id, hour) DO UPDATE SET replayed = replayed + excluded.replayed",
+                    (tenant_id, _epoch(received_at), count),
+                )
+
+        await self._db.run(apply, "count replays")
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def hours(
+        self, tenant_id: str | None = None, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[HourCounts]:
+        """Ledger rows by tenant and hour (``since`` inclusive, ``until`` exclusive), oldest first."""
+        low = _epoch(since) if since else 0
+        high = _epoch(until) if until else 2**62
+
+        def read(conn: sqlite3.Connection) -> list[HourCounts]:
+            rows = conn.execute(
+                "SELECT h.tenant_id, h.hour, h.accepted, h.written, h.duplicates, h.dead_lettered - h.replayed, "
+                "(SELECT count(*) FROM usage_users u WHERE u.tenant_id = h.tenant_id AND u.hour = h.hour) "
+                "FROM usage_hours h WHERE (? IS NULL OR h.tenant_id = ?) AND h.hour >= ? AND h.hour < ? "
+                "ORDER BY h.tenant_id, h.hour",
+                (tenant_id, tenant_id, low, high),
+            ).fetchall()
+            return [HourCounts(t, _moment(h), a, w, d, dl, u) for t, h, a, w, d, dl, u in rows]
+
+        return await self._db.run(read, "read usage")
+
+    # --- reporting to the control plane ----------------------------------------------------
+
+    async def take_reports(self, limit: int = 500, now: dt.datetime | None = None) -> list[UsageRecord]:
+        """Unconfirmed usage records, oldest first: first what growth since the last call adds to the
+        outbox (in one transaction with the watermarks it moves), then the outbox's head."""
+        stamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
+
+        def take(conn: sqlite3.Connection) -> list[UsageRecord]:
+            with transaction(conn):
+                records: list[UsageRecord] = []
+                for tenant, hour, accepted, reported in conn.execute(
+                    "SELECT tenant_id, hour, accepted, reported FROM usage_hours WHERE accepted > reported"
+                ).fetchall():
+                    records.append(
+                        UsageRecord(
+                            id=f"events-{uuid.uuid4().hex}",
+                            tenant_id=tenant,
+                            metric="events",
+                            timestamp=_moment(hour),
+                            value=accepted - reported,
+                        )
+                    )
+                    conn.execute(
+                        "UPDATE usage_hours SET reported = ? WHERE tenant_id = ? AND hour = ?", (accepted, tenant, hour)
+                    )
+                unreported: dict[tuple[str, int], list[str]] = {}
+                for tenant, hour, key in conn.execute(
+                    "SELECT tenant_id, hour, user_key FROM usage_users WHERE reported = 0"
+                ).fetchall():
+                    unreported.setdefault((tenant, hour), []).append(key)
+                for (tenant, hour), keys in unreported.items():
+                    for start in range(0, len(keys), MAX_KEYS_PER_RECORD):
+                        records.append(
+                            UsageRecord(
+                                id=f"users-{uuid.uuid4().hex}",
+                                tenant_id=tenant,
+                                metric="tracked_users",
+                                timestamp=_moment(hour),
+                                value=0,
+                                keys=keys[start : start + MAX_KEYS_PER_RECORD],
+                            )
+                        )
+                conn.execute("UPDATE usage_users SET reported = 1 WHERE reported = 0")
+                conn.executemany(
+                    "INSERT INTO usage_outbox (id, record, created_at) VALUES (?, ?, ?)",
+                    [(record.id, msgspec.msgpack.encode(record), stamp) for record in records],
+                )
+            rows = conn.execute("SELECT record FROM usage_outbox ORDER BY created_at, id LIMIT ?", (limit,)).fetchall()
+            return [msgspec.msgpack.decode(row[0], type=UsageRecord) for row in rows]
+
+        return await self._db.run(take, "prepare usage reports")
+
+    async def confirm(self, record_ids: Sequence[str]) -> None:
+        """The control plane has these records: drop them from the outbox."""
+
+        def drop(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.executemany("DELETE FROM usage_outbox WHERE id = ?", [(record_id,) for record_id in record_ids])
+
+        await self._db.run(drop, "confirm usage reports")
+
+    async def unconfirmed(self) -> int:
+        """Records waiting in the outbox."""
+        return await self._db.run(lambda conn: conn.execute("SELECT count(*) FROM usage_outbox").fetchone()[0], "read")
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def purge(self, now: dt.datetime | None = None) -> int:
+        """Forget entry ids counted more than ``COUNTED_RETENTION`` ago; returns how many."""
+        cutoff = int(((now or dt.datetime.now(dt.UTC)) - COUNTED_RETENTION).timestamp())
+
+        def purge(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                return conn.execute("DELETE FROM usage_counted WHERE at < ?", (cutoff,)).rowcount
+
+        return await self._db.run(purge, "purge")
+
+    async def forget_tenant(self, tenant_id: str) -> None:
+        """Drop every row of one tenant (tenant deletion)."""
+
+        def forget(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.execute("DELETE FROM usage_hours WHERE tenant_id = ?", (tenant_id,))
+                conn.execute("DELETE FROM usage_users WHERE tenant_id = ?", (tenant_id,))
+
+        await self._db.run(forget, "forget tenant")
+
+    async def close(self) -> None:
+        if self._draining is not None:
+            await asyncio.gather(self._draining, return_exceptions=True)
+        await self._db.close()
