@@ -34,6 +34,8 @@ class PipelineSettings(msgspec.Struct, kw_only=True, frozen=True):
     # A session ends after this much silence, and never lasts longer than the maximum.
     session_idle_seconds: Seconds = 30 * 60
     session_max_seconds: Seconds = 24 * 3600
+    # Entries a worker took and left unacked this long (it died) are taken over by another worker.
+    reclaim_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
 
 
 def load_pipeline_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:

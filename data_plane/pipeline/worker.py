@@ -327,4 +327,5 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         LakeWriter(store, max_rows=cell.lake_flush_rows, max_age_s=cell.lake_flush_seconds),
         lake_store=store,
         ledger=UsageLedger(cell.usage_path),
+        reclaim_idle_ms=int(pipeline.reclaim_idle_seconds * 1000),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import httpx
 import pyarrow.parquet as pq
@@ -69,3 +70,27 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cell, world):
     ids = [row["message_id"] for row in lake_rows(cell.settings.lake_path)]
     assert len(ids) == len(set(ids)) == 2000
     assert counts["dead"] == 0
+
+
+def test_sessions_continue_across_worker_restarts(cell, world):
+    start = dt.datetime(2026, 6, 1, 9, 0, tzinfo=dt.UTC)
+
+    def send(minutes: int, message_id: str) -> None:
+        event = {
+            "type": "track",
+            "event": "Tick",
+            "userId": "returning",
+            "messageId": message_id,
+            "timestamp": (start + dt.timedelta(minutes=minutes)).isoformat(),
+        }
+        with httpx.Client(base_url=cell.url) as http:
+            assert http.post("/v1/batch", json={"batch": [event]}, headers=basic(world.a.write_key)).status_code == 202
+        # Each event is handled by a new worker process's worth of state: a fresh sessionizer.
+        asyncio.run(drain(cell))
+
+    send(0, "first")
+    send(10, "ten-minutes-later")
+    send(55, "after-a-long-pause")
+    sessions = {row["message_id"]: row["session_id"] for row in lake_rows(cell.settings.lake_path)}
+    assert sessions["first"] == sessions["ten-minutes-later"]
+    assert sessions["after-a-long-pause"] != sessions["first"]
