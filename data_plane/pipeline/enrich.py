@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -56,27 +57,49 @@ class Enricher:
     (the stored event only ever holds the truncated one).
     """
 
-    def __init__(self, geo: GeoLocator | None) -> None:
+    def __init__(self, geo: GeoLocator | None, *, cache_size: int = 65_536) -> None:
         self.geo = geo
+        # Addresses, pages and referrers repeat across a busy tenant's events: each is worked out
+        # once per worker (results are pure functions of their inputs, copied out of the cache).
+        self._locate = functools.lru_cache(maxsize=cache_size)(self._locate_uncached)
+        self._campaign = functools.lru_cache(maxsize=cache_size)(_url_campaign)
+        self._referrer = functools.lru_cache(maxsize=cache_size)(describe_referrer)
+        self._agent = functools.lru_cache(maxsize=cache_size)(parse_user_agent)
+
+    def _locate_uncached(self, ip: str) -> dict[str, Any] | None:
+        assert self.geo is not None
+        return locate(self.geo, ip)
 
     def enrich(self, event: Event, policy: EnrichmentPolicy = DEFAULT_POLICY) -> Event:
         context = dict(event.context)
 
         ip = context.get("ip")
-        geo = locate(self.geo, ip) if self.geo is not None and ip is not None else None
-        _put(context, "geo", geo)
+        geo = None
+        if self.geo is not None and ip is not None:
+            geo = self._locate(ip) if isinstance(ip, str) else locate(self.geo, ip)
+        _put(context, "geo", dict(geo) if geo is not None else None)
 
         agent = context.get("user_agent", context.get("userAgent"))
-        _put(context, "user_agent_parsed", parse_user_agent(agent))
+        parsed = self._agent(agent) if isinstance(agent, str) else None
+        _put(context, "user_agent_parsed", dict(parsed) if parsed is not None else None)
 
         url, referrer = page_urls(event)
-        _put(context, "campaign", normalize_campaign(context.get("campaign"), url))
+        sent = context.get("campaign")
+        if sent is None:
+            campaign = self._campaign(url)
+            _put(context, "campaign", dict(campaign) if campaign is not None else None)
+        else:
+            _put(context, "campaign", normalize_campaign(sent, url))
         if url is not None or referrer is not None:
-            context["referrer"] = {**_dict(context.get("referrer")), **describe_referrer(referrer, url)}
+            context["referrer"] = {**_dict(context.get("referrer")), **self._referrer(referrer, url)}
 
         if policy.anonymize_ip and "ip" in context:
             _put(context, "ip", anonymize_ip(ip))
         return msgspec.structs.replace(event, context=context)
+
+
+def _url_campaign(url: str | None) -> dict[str, Any] | None:
+    return normalize_campaign(None, url)
 
 
 def _put(context: dict[str, Any], key: str, value: object) -> None:

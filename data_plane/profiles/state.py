@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +26,14 @@ def from_us(value: int) -> dt.datetime:
 
 
 def _lww_update(values: dict[str, Any], stamps: dict[str, int], updates: dict[str, Any], at: int) -> None:
-    """Each key of ``updates`` is written unless the stored value is from a strictly later event."""
+    """Each key of ``updates`` is written unless the stored value is from a strictly later event.
+
+    NOTE: values are shared with the event, not copied: decoded events are never changed in place
+    (enrichment builds new dicts), and neither are a profile's values (a key is replaced whole).
+    """
     for key, value in updates.items():
         if stamps.get(key, at) <= at:
-            values[key] = copy.deepcopy(value)
+            values[key] = value
             stamps[key] = at
 
 
@@ -73,7 +76,7 @@ class ProfileState:
 
     def _set_last(self, name: str, value: object, at: int) -> None:
         if value is not None and self.stamps.get(name, at) <= at:
-            setattr(self, name, copy.deepcopy(value))
+            setattr(self, name, value)
             self.stamps[name] = at
 
     def add(self, event: Event) -> None:

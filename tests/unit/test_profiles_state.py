@@ -97,12 +97,14 @@ def test_ties_go_to_the_later_event_and_on_a_merge_to_the_survivor() -> None:
     assert state.traits == {"plan": "b"}
 
 
-def test_stored_values_are_copies_of_the_events() -> None:
-    traits = {"address": {"city": "Oslo"}}
+def test_a_profile_never_changes_an_events_values_in_place() -> None:
+    # Values are shared with events, not copied: a newer value replaces a key whole.
+    first = {"address": {"city": "Oslo"}}
     state = ProfileState("p")
-    state.add(event("identify", 0, user_id="u", traits=traits))
-    traits["address"]["city"] = "Lima"
-    assert state.traits == {"address": {"city": "Oslo"}}
+    state.add(event("identify", 0, user_id="u", traits=first))
+    state.add(event("identify", 1, user_id="u", traits={"address": {"city": "Lima"}}))
+    assert state.traits == {"address": {"city": "Lima"}}
+    assert first == {"address": {"city": "Oslo"}}
 
 
 def test_tenant_storage_names() -> None:
