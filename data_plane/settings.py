@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -31,6 +31,9 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     # Largest event and request the ingestion API accepts (Segment's limits).
     max_event_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024
     max_request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 500 * 1024
+    # The status of an accepted request: 202, or 200 for SDKs that take nothing else as success
+    # (RudderStack's Python SDK retries and finally drops on any other status).
+    ingest_success_status: Literal[200, 202] = 202
     # Never more events in one batch than this, whatever the plan says.
     max_batch_events_ceiling: Annotated[int, msgspec.Meta(ge=1)] = 2_500
 

@@ -34,7 +34,7 @@ async def _ingest(kind: str, request: Request[Any, Any, Any], state: State) -> R
             client_ip=request.client.host if request.client else None,
         )
     )
-    return Response(accepted, status_code=202)
+    return Response(accepted, status_code=ingestor.settings.ingest_success_status)
 
 
 def _handler(kind: str, path: str, doc: str) -> Any:
@@ -50,7 +50,8 @@ def _handler(kind: str, path: str, doc: str) -> Any:
 BATCH_DOC = (
     "Send up to the plan's limit of events (default 100, never above 2,500) in one request, "
     "as Segment's and RudderStack's SDKs do. Authenticate with the source's write key as the HTTP Basic "
-    "user name, or `writeKey` in the body. The answer is 202 only once every event is durably on the "
+    "user name, or `writeKey` in the body. The answer is 202 (200 on cells set up for SDKs that accept "
+    "nothing else) only once every event is durably on the "
     "stream; if any event is invalid the whole batch is refused (400, or 413 for size) with every "
     "rejected event named in `errors`, and nothing is accepted."
 )

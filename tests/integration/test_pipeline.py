@@ -7,6 +7,7 @@ import datetime as dt
 
 import httpx
 import pyarrow.parquet as pq
+import pytest
 
 from data_plane.profiles.sqlite import SqliteProfileStore
 from tests.support.cell import basic, drain, lake_rows
@@ -59,6 +60,31 @@ def test_every_event_lands_in_the_lake_once(cell, world):
     assert "anon-0" in person.anonymous_ids
     mine = [r for r in rows if r["tenant_id"] == world.a.id and f'"{person.profile_id}"' in r["context"]]
     assert len(mine) == 45
+
+
+@pytest.mark.cell_settings(ingest_success_status=200)
+def test_rudderstacks_sdk_works_unchanged_on_a_cell_that_answers_200(cell, world):
+    from rudderstack.analytics.client import Client
+
+    failures: list[object] = []
+    client = Client(
+        world.a.write_key,
+        host=cell.url,
+        upload_size=100,
+        max_queue_size=100_000,
+        on_error=lambda error, batch: failures.append(error),
+        max_retries=1,
+    )
+    for i in range(400):
+        client.track(f"user-{i % 25}", "Product Added", {"sku": f"s{i % 7}"})
+        client.identify(f"user-{i % 25}", {"tier": "gold"})
+        client.screen(f"user-{i % 25}", "Home")
+    client.flush()
+    client.join()
+    assert failures == []
+    asyncio.run(drain(cell))
+    ids = [row["message_id"] for row in lake_rows(cell.settings.lake_path)]
+    assert len(ids) == len(set(ids)) == 1200
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(cell, world):

@@ -51,10 +51,16 @@ class Cell:
 
 
 @pytest.fixture
-def cell(settings, world, tmp_path) -> Iterator[Cell]:
-    """Tenant A and B's control plane on a live server, and a cell pulling from it over HTTP."""
+def cell(settings, world, tmp_path, request: pytest.FixtureRequest) -> Iterator[Cell]:
+    """Tenant A and B's control plane on a live server, and a cell pulling from it over HTTP.
+
+    ``@pytest.mark.cell_settings(field=value)`` sets the cell's settings.
+    """
+    marker = request.node.get_closest_marker("cell_settings")
     control_plane = LiveServer(create_app(msgspec.structs.replace(settings, cell_secret=SECRET))).start()
-    cell_settings = CellSettings(data_dir=str(tmp_path / "cellvar"), cell_secret=SECRET)
+    cell_settings = CellSettings(
+        data_dir=str(tmp_path / "cellvar"), cell_secret=SECRET, **(marker.kwargs if marker else {})
+    )
     stream_path = tmp_path / "stream.db"
     keeper = ConfigKeeper(
         HttpConfigFetcher(control_plane.url, SECRET, timeout=1), cell_settings.config_cache_path, interval=0.2
