@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= auto
 
-.PHONY: run test install migrate openapi openapi-check lint clean bench
+SDK := sdk-js
+
+.PHONY: run test install migrate openapi openapi-check lint clean bench sdk
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Livora needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -21,9 +23,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/livora run
 
-## test: lint, then the whole suite (SQLite and PostgreSQL, memory and Redis drivers)
-test: $(STAMP) lint
+## test: lint, the browser SDK (build, size budget, unit tests), then the whole suite (SQLite and
+## PostgreSQL, memory and Redis drivers, the SDK in headless Chromium)
+test: $(STAMP) lint sdk
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+$(SDK)/node_modules/.package-lock.json: $(SDK)/package-lock.json
+	cd $(SDK) && npm ci --no-audit --no-fund
+
+## sdk: the browser SDK: npm packages, build (fails over its size budget), unit tests
+sdk: $(SDK)/node_modules/.package-lock.json
+	cd $(SDK) && npm run build && npm test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,8 @@ CORS = CORSConfig(
     allow_origins=["*"],
     allow_methods=["POST", "OPTIONS"],
     allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+    # Browser SDKs must read Retry-After on 429 and 503 to back off as told.
+    expose_headers=["Retry-After"],
     max_age=86400,
 )
 
