@@ -51,6 +51,7 @@ openapi-check: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
-## bench: performance figures (ingestion acks and latency per stream driver, pipeline into the lake)
+## bench: performance figures (ingestion acks and latency per stream driver, pipeline into the lake; analytics queries)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/analytics.py

@@ -12,9 +12,12 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 from sqlalchemy import text
 
+from control_plane.analytics.routes import CellTokenController
 from control_plane.api_keys.routes import ApiKeyController
 from control_plane.audit.routes import AuditController
-from control_plane.cells.routes import CellConfigController
+from control_plane.billing.jobs import billing_task
+from control_plane.billing.routes import BillingIntakeController, FinanceController, TenantBillingController
+from control_plane.cells.routes import CellConfigController, CellController
 from control_plane.http import SESSION_COOKIE, authorize, edge_middleware, provide_principal, provide_services
 from control_plane.identity.routes import (
     AuthController,
@@ -24,9 +27,11 @@ from control_plane.identity.routes import (
     UserController,
 )
 from control_plane.memberships.routes import MemberController
+from control_plane.provisioning.routes import ProvisioningRunController, TenantProvisioningController
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
 from control_plane.sources.routes import SourceController
+from control_plane.sso.routes import SignInPageController, SsoConnectionController, SsoSignInController
 from control_plane.tenants.routes import TenantController
 from kernel.errors import Unavailable
 from kernel.http import EXCEPTION_HANDLERS, Problem, declare_problems, request_context_middleware
@@ -82,6 +87,10 @@ def openapi_config() -> OpenAPIConfig:
             Tag(name="Invitations"),
             Tag(name="API keys"),
             Tag(name="Sources"),
+            Tag(name="Provisioning"),
+            Tag(name="Cells"),
+            Tag(name="Billing"),
+            Tag(name="Single sign-on"),
         ],
         create_examples=False,
         use_handler_docstrings=True,
@@ -99,9 +108,19 @@ ROUTES = [
     PlatformInviteController,
     InviteAcceptController,
     ApiKeyController,
+    CellTokenController,
     SourceController,
     AuditController,
     CellConfigController,
+    CellController,
+    ProvisioningRunController,
+    TenantProvisioningController,
+    FinanceController,
+    TenantBillingController,
+    BillingIntakeController,
+    SsoConnectionController,
+    SsoSignInController,
+    SignInPageController,
 ]
 
 
@@ -114,8 +133,11 @@ def _problem_statuses(handler: HTTPRouteHandler, path: str) -> set[int]:
         statuses.add(404)
     if handler.http_methods & {"POST", "PUT", "PATCH", "DELETE"}:
         statuses.add(409)
+    # A route may declare further answers of its own, e.g. opt={"problems": (422,)}.
+    statuses |= set(opt.get("problems", ()))
     if handler.operation_id == "Login":
-        statuses |= {401, 429}
+        # 403 `sso_required`: the organisation enforces single sign-on.
+        statuses |= {401, 403, 429}
     if handler.operation_id == "AcceptInvite":
         statuses |= {404, 409, 410}
     return statuses
@@ -129,6 +151,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def close_runtime(app: Litestar) -> None:
         await runtime.close()
 
+    async def start_provisioning(app: Litestar) -> None:
+        # Runs execute in this process; runs a stopped process left unfinished resume here.
+        await runtime.provisioner.start()
+
     app = Litestar(
         # The OpenAPI document is served outside this router: public, unguarded.
         route_handlers=[Router(path="/", route_handlers=ROUTES, guards=[authorize])],
@@ -140,7 +166,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         middleware=[request_context_middleware, edge_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=openapi_config(),
+        on_startup=[start_provisioning],
         on_shutdown=[close_runtime],
+        lifespan=[billing_task],
         signature_types=[Runtime, Problem],
         debug=False,
         # Logging is the process's business (kernel.logging), not the app's: keep Litestar's hands off the root logger.

@@ -14,6 +14,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.audit.service import build_entry
+from control_plane.cells.service import BUILTIN_CELL_ID
 from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import token_hash
 from control_plane.rbac.authorizer import PLATFORM, tenant_domain
@@ -129,7 +130,7 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
         # Litestar's automatic OPTIONS handler only lists the allowed methods.
         return
     if opt.get("cell"):
-        _authenticate_cell(connection)
+        await _authenticate_cell(connection)
         return
     principal: Principal | None = connection.scope.get("user")
     if principal is None:
@@ -166,15 +167,26 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
     connection.state.tenant_role = role
 
 
-def _authenticate_cell(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
-    """Cells present the installation's cell secret; people and API keys are not cells."""
+async def _authenticate_cell(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Cells present the installation's cell secret (the built-in cell) or their own registered credential.
+
+    People and API keys are not cells. The cell's id goes to ``scope["cell_id"]``.
+    """
     runtime: Runtime = connection.app.state.runtime
     secret = runtime.settings.cell_secret
     given = _credential(connection.scope) or ""
-    if not secret or not hmac.compare_digest(token_hash(given), token_hash(secret)):
-        raise NotAuthenticated(
-            "This endpoint is for data-plane cells and their credential.", code="invalid_cell_credential"
-        )
+    if secret and hmac.compare_digest(token_hash(given), token_hash(secret)):
+        connection.scope["cell_id"] = BUILTIN_CELL_ID  # type: ignore[typeddict-unknown-key]
+        return
+    if given:
+        async with runtime.services() as services:
+            cell = await services.cell_registry.authenticate(given)
+        if cell is not None:
+            connection.scope["cell_id"] = cell.id  # type: ignore[typeddict-unknown-key]
+            return
+    raise NotAuthenticated(
+        "This endpoint is for data-plane cells and their credential.", code="invalid_cell_credential"
+    )
 
 
 def may(connection: ASGIConnection[Any, Any, Any, Any], obj: str, act: str) -> bool:

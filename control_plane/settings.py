@@ -9,6 +9,7 @@ import msgspec
 
 from kernel.db import normalize_database_url
 from kernel.errors import ConfigError
+from kernel.ports.jobs import jobs_drivers
 from kernel.settings import load_settings
 
 Seconds = Annotated[int, msgspec.Meta(ge=1)]
@@ -61,12 +62,76 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     cell_secret: str = ""
     # Longest rotation grace period a caller may ask for when rotating an API key.
     api_key_max_grace_seconds: Seconds = 7 * 24 * 3600
+    # Ed25519 seed (32 bytes, URL-safe base64) signing cell tokens for analytics; empty: with SQLite a key is
+    # generated once into DATA_DIR/cell-token.key, with PostgreSQL cell tokens are refused until it is set.
+    cell_token_key: str = ""
+    # Lifetime of a cell token (a person's pass to a tenant's analytics on its cell).
+    cell_token_ttl_seconds: Annotated[int, msgspec.Meta(ge=60, le=3600)] = 900
+    # Fernet key(s) encrypting stored secrets (SSO client secrets); comma-separated, the first encrypts.
+    # Empty: with SQLite a key is generated once into DATA_DIR/secret.key; with PostgreSQL it is required.
+    secret_key: str = ""
+    # Allow SSO issuers on http:// and on loopback or private addresses (local identity providers, tests).
+    sso_allow_local_issuers: bool = False
+    # How long a started SSO sign-in may take before its state expires.
+    sso_login_ttl_seconds: Seconds = 600
+    # Least time between two JWKS refetches caused by an unknown signing key (key rotation).
+    sso_jwks_refresh_seconds: Seconds = 60
+    # Billing: days an invoice stays a draft after its period ends (late usage is still taken), in seconds.
+    billing_grace_seconds: Annotated[int, msgspec.Meta(ge=0)] = 3 * 24 * 3600
+    # Billing: how often the control plane drafts, finalises and pushes invoices (0: never; use the CLI).
+    billing_job_interval_seconds: Annotated[int, msgspec.Meta(ge=0)] = 300
+    # Billing: prefixes of invoice and credit-note numbers (the sequences themselves have no gaps).
+    billing_invoice_prefix: str = "LIV-"
+    billing_credit_note_prefix: str = "LIVCN-"
+    # Billing: a plan catalog file (JSON, like billing/plans.json) replacing the built-in plans; empty: built-in.
+    billing_catalog_path: str = ""
+    # Billing: payments driver, embedded (invoices payable locally) or stripe.
+    billing_payments_driver: str = "embedded"
+    # Stripe: secret API key, webhook signing secret, and API base URL (empty: Stripe itself).
+    stripe_api_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+
+    # Jobs driver: memory (an in-process runner, the embedded mode) or redis (workers share a queue in Redis).
+    jobs_driver: str = "memory"
+    # Provisioning driver of new runs: local (spaces in cells) or aws (CloudFormation, then spaces in cells).
+    provisioning_driver: str = "local"
+    # Tries of a provisioning step before its run fails, and the first retry delay (doubling each time).
+    provisioning_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    provisioning_backoff_seconds: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    # How long a process holds a run it executes without renewing; a crashed holder's runs resume after it.
+    provisioning_lease_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # How long an API call that starts a run waits for it to finish before answering with its current state.
+    provisioning_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
+    # URL of the built-in cell's internal API when it runs in another process (empty: in-process, all-in-one).
+    builtin_cell_url: str = ""
+    # A registered cell whose last config pull is older than this is not healthy (no new tenants go there).
+    cell_heartbeat_seconds: Seconds = 120
+    # AWS driver: endpoint (empty: AWS itself), region, and the principal Pattern A roles must trust.
+    aws_endpoint_url: str = ""
+    aws_region: str = "us-east-1"
+    aws_principal_arn: str = ""
+    # AWS driver: the bucket (in Livora's account) deprovisioning archives tenants' lake buckets to.
+    aws_archive_bucket: str = ""
+    # AWS driver: the cell's container image (Pattern A compute), and how long and how often to watch a stack.
+    aws_cell_image: str = "public.ecr.aws/livora/cell:latest"
+    aws_stack_timeout_seconds: Seconds = 1800
+    aws_poll_seconds: Annotated[float, msgspec.Meta(gt=0)] = 2.0
 
     def __post_init__(self) -> None:
         # Validate eagerly so a bad URL stops start-up, not the first request.
         normalize_database_url(self.database_url)
         if self.kv_driver == "redis" and not self.redis_url:
             raise ConfigError("LIVORA_REDIS_URL", "required when LIVORA_KV_DRIVER=redis")
+        if self.jobs_driver == "redis" and not self.redis_url:
+            raise ConfigError("LIVORA_REDIS_URL", "required when LIVORA_JOBS_DRIVER=redis")
+        if self.jobs_driver not in jobs_drivers.names:
+            valid = ", ".join(jobs_drivers.names)
+            raise ConfigError("LIVORA_JOBS_DRIVER", f"unknown jobs driver; valid drivers: {valid}")
+        if self.provisioning_driver not in ("local", "aws"):
+            raise ConfigError("LIVORA_PROVISIONING_DRIVER", "unknown provisioning driver; valid drivers: aws, local")
+        if self.billing_payments_driver == "stripe" and not (self.stripe_api_key and self.stripe_webhook_secret):
+            raise ConfigError("LIVORA_STRIPE_API_KEY", "and LIVORA_STRIPE_WEBHOOK_SECRET are required with Stripe")
 
     @property
     def base_url(self) -> str:

@@ -11,6 +11,8 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from data_plane.analytics import open_analytics
+from data_plane.analytics.routes import AnalyticsController
 from data_plane.contract.keeper import ConfigKeeper
 from data_plane.ingest.routes import CORS, ingest_router
 from data_plane.ingest.service import Ingestor
@@ -18,6 +20,7 @@ from data_plane.lake.store import open_lake_store
 from data_plane.ops.routes import ops_router
 from data_plane.ops.service import Operations
 from data_plane.settings import CellSettings
+from data_plane.spaces import SpaceController, TenantSpaces
 from data_plane.stream.port import Stream
 from data_plane.usage.ledger import UsageLedger
 from data_plane.usage.push import HttpUsageSink, UsagePusher, UsageSink
@@ -52,6 +55,7 @@ def create_cell_app(
     *,
     own: bool = True,
     usage_sink: UsageSink | None = None,
+    spaces: TenantSpaces | None = None,
 ) -> Litestar:
     """The cell app over a config keeper and a stream. With ``own``, the app starts and stops the keeper.
 
@@ -61,6 +65,7 @@ def create_cell_app(
     ledger = UsageLedger(settings.usage_path)
     lake = open_lake_store(settings)
     ingestor = Ingestor(settings, keeper, stream, ledger=ledger)
+    analytics = open_analytics(settings, lake, keeper)
     if usage_sink is None and settings.control_plane_url:
         usage_sink = HttpUsageSink(settings.control_plane_url, settings.cell_secret)
     pusher = (
@@ -87,10 +92,18 @@ def create_cell_app(
         if usage_sink is not None:
             await usage_sink.close()
         await ledger.close()
+        await analytics.close()
         await lake.close()
 
     app = Litestar(
-        route_handlers=[health, ready, ingest_router, ops_router],
+        route_handlers=[
+            health,
+            ready,
+            ingest_router,
+            ops_router,
+            AnalyticsController,
+            *([SpaceController] if spaces else []),
+        ],
         state=State(
             {
                 "settings": settings,
@@ -99,6 +112,11 @@ def create_cell_app(
                 "stream": stream,
                 "ledger": ledger,
                 "ops": Operations(stream, ledger, lake),
+                # Tenant spaces for the control plane's provisioning (see data_plane.spaces).
+                "spaces": spaces,
+                "cell_secret": settings.cell_secret,
+                "analytics": analytics.service,
+                "analytics_auth": analytics.auth,
             }
         ),
         middleware=[request_context_middleware],

@@ -48,6 +48,19 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     lake_flush_rows: Annotated[int, msgspec.Meta(ge=1)] = 20_000
     lake_flush_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
 
+    # The warehouse: a DuckDB database per tenant kept in step with the lake, under this folder (empty:
+    # DATA_DIR/cell/warehouse), using at most this many threads (0: one per core) and this much memory
+    # (DuckDB's notation, e.g. "2GB"; empty: DuckDB's default of 80% of RAM).
+    warehouse_dir: str = ""
+    warehouse_threads: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    warehouse_memory_limit: str = ""
+    # Analytics results are cached per tenant and query: memory (one process) or redis (shared), for at
+    # most this long (new data for the tenant replaces them sooner).
+    analytics_cache_driver: str = "memory"
+    analytics_cache_seconds: Annotated[float, msgspec.Meta(gt=0, le=300)] = 300.0
+    # Redis for the redis drivers, e.g. redis://127.0.0.1:6379/0 (the same variable as the control plane's).
+    redis_url: str = ""
+
     @property
     def lake_path(self) -> Path:
         return Path(self.lake_dir) if self.lake_dir else Path(self.data_dir) / "lake"
@@ -55,6 +68,10 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def cell_dir(self) -> Path:
         return Path(self.data_dir) / "cell"
+
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.warehouse_dir) if self.warehouse_dir else self.cell_dir / "warehouse"
 
     @property
     def usage_path(self) -> Path:

@@ -130,6 +130,7 @@ PROBLEM_DESCRIPTIONS = {
     409: "The object's current state does not allow this.",
     410: "The object has expired.",
     413: "The request or one of its parts is too large.",
+    422: "The request is well-formed but cannot be applied (the detail and `code` say why).",
     429: "Too many requests; retry after `Retry-After` seconds.",
     503: "A dependency is down; retry after `Retry-After` seconds.",
 }

@@ -14,11 +14,13 @@ from control_plane.runtime import Runtime
 from control_plane.settings import Settings
 from data_plane.app import create_cell_app
 from data_plane.contract.keeper import ConfigKeeper, InProcessConfigFetcher
-from data_plane.contract.schemas import CellConfig
+from data_plane.contract.schemas import CellConfig, UsageReceipt, UsageReport
 from data_plane.pipeline.worker import create_worker
 from data_plane.settings import CellSettings
+from data_plane.spaces import build_spaces
 from data_plane.stream.drivers import create_stream
 from data_plane.stream.settings import StreamSettings
+from data_plane.usage.push import InProcessUsageSink
 from kernel.logging import configure_logging
 from kernel.settings import load_settings
 
@@ -57,8 +59,16 @@ def serve_all_in_one(
         cell_settings.config_cache_path,
         interval=cell_settings.config_poll_seconds,
     )
+    # Provisioning reaches the built-in cell's tenant spaces in-process too (the same contract).
+    runtime.provisioner.attach_builtin_cell(build_spaces(cell_settings))
     control_plane = create_app(settings, runtime)
-    cell = create_cell_app(cell_settings, keeper, stream)
+
+    async def take_usage(report: UsageReport) -> UsageReceipt:
+        async with runtime.services() as services:
+            return await services.billing.ingest_usage(report)
+
+    # Usage goes to billing over the same contract as a remote cell's push, in-process.
+    cell = create_cell_app(cell_settings, keeper, stream, usage_sink=InProcessUsageSink(take_usage))
     print("Migrating the database…", flush=True)
     migrate(settings)
     password = ensure_admin(settings)

@@ -115,6 +115,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return serve_all_in_one(settings, migrate=_migrate, on_ready=_banner, ensure_admin=_ensure_bootstrap_admin)
 
 
+def cmd_templates_list(args: argparse.Namespace) -> int:
+    from tenant_templates import shipped
+
+    catalog = shipped()
+    for name in catalog.names():
+        latest = catalog.get(name)
+        versions = ", ".join(f"v{v}" for v in catalog.versions(name))
+        print(f"{name:<14} {versions:<10} {latest.title}: {latest.description}")
+    return 0
+
+
+def cmd_templates_show(args: argparse.Namespace) -> int:
+    from tenant_templates import shipped
+    from tenant_templates.catalog import to_builtins
+
+    name, _, version = args.name.partition("@")
+    try:
+        template = shipped().get(name, int(version.lstrip("v")) if version else None)
+    except (KeyError, ValueError) as exc:
+        print(f"livora: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(to_builtins(template), indent=2))
+    return 0
+
+
+def cmd_templates_validate(args: argparse.Namespace) -> int:
+    from tenant_templates import Catalog, TemplateError
+
+    try:
+        catalog = Catalog.load(extra=[Path(f) for f in args.files])
+    except TemplateError as exc:
+        print(f"invalid template {exc.file}\n  at {exc.field}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"livora: {exc}", file=sys.stderr)
+        return 1
+    count = sum(1 for _ in catalog)
+    print(f"{count} template versions are valid: " + ", ".join(f"{t.name} v{t.version}" for t in catalog))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from livora.allinone import run_worker
 
@@ -188,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cell_ops(commands)
 
+    from livora.billing_cli import add_commands as add_billing
+
+    add_billing(commands)
+
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.set_defaults(func=cmd_migrate)
 
@@ -204,6 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     openapi.add_argument("--dir", default=str(OPENAPI_DIR), help="the folder to write them to")
     openapi.add_argument("--check", action="store_true", help="exit 1 if a file differs from the code")
     openapi.set_defaults(func=cmd_openapi)
+
+    templates = commands.add_parser("templates", help="tenant templates: list, show one, validate data files")
+    template_commands = templates.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
+    template_commands.add_parser("list", help="every template and its versions").set_defaults(func=cmd_templates_list)
+    show = template_commands.add_parser("show", help="one template, resolved (parent folded in), as JSON")
+    show.add_argument("name", help="NAME or NAME@VERSION (default: the latest version)")
+    show.set_defaults(func=cmd_templates_show)
+    validate = template_commands.add_parser(
+        "validate", help="validate the shipped templates, plus any data files given; exit 1 naming the bad field"
+    )
+    validate.add_argument("files", nargs="*", help="blueprint files (TOML) to check with the shipped ones")
+    validate.set_defaults(func=cmd_templates_validate)
     return parser
 
 

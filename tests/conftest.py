@@ -19,6 +19,7 @@ from control_plane.runtime import Runtime
 from control_plane.settings import Settings
 from tests.support.cell import cell  # noqa: F401 (a fixture)
 from tests.support.databases import PostgresDatabases, SqliteDatabases
+from tests.support.provisioning import embedded_spaces
 from tests.support.server import LiveServer
 from tests.support.world import World
 
@@ -28,6 +29,9 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 POSTGRES_URL = os.environ.get("LIVORA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("LIVORA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BACKENDS = ("sqlite", "postgres")
+# A fixed Fernet key for the suite (never used outside tests).
+TEST_SECRET_KEY = "dGVzdC1vbmx5LWtleS1mb3ItdGhlLWxpdm9yYS1zdWk="
+TEST_CELL_TOKEN_KEY = "Y2VsbC10b2tlbi1rZXktZm9yLXRoZS10ZXN0LXN1aXQ"  # 32 bytes, URL-safe base64
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -100,6 +104,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         # Cheap hashing keeps the suite fast; production uses the RFC 9106 defaults.
         argon2_time_cost=1,
         argon2_memory_kib=1024,
+        # Encrypts stored secrets (SSO client secrets); PostgreSQL installations must set one.
+        secret_key=TEST_SECRET_KEY,
+        # Signs analytics cell tokens; PostgreSQL installations must set one too.
+        cell_token_key=TEST_CELL_TOKEN_KEY,
     )
 
 
@@ -126,9 +134,11 @@ def world(runtime: Runtime, aio: Callable[[Awaitable[Any]], Any]) -> World:
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[LiveServer]:
-    """The control plane on a real uvicorn server on 127.0.0.1."""
-    live = LiveServer(create_app(settings)).start()
+def server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    """The control plane on a real uvicorn server on 127.0.0.1, its built-in cell's spaces in-process."""
+    runtime = Runtime.build(settings)
+    runtime.provisioner.attach_builtin_cell(embedded_spaces(tmp_path / "builtin-cell"))
+    live = LiveServer(create_app(settings, runtime)).start()
     yield live
     live.stop()
 

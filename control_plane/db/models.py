@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from kernel.db import Base, UTCDateTime, utcnow
 from kernel.tenancy import TenantScoped
 
-TENANT_STATUSES = ("pending", "provisioning", "active", "suspended", "deleting", "deleted")
+TENANT_STATUSES = ("pending", "provisioning", "active", "suspended", "deleting", "deleted", "failed")
 
 # Tables that hold no tenant's rows; the architecture test checks every other table is TenantScoped.
 GLOBAL_TABLES = frozenset({"tenants", "users", "user_sessions", "alembic_version"})
@@ -162,3 +162,15 @@ class AuditEntry(TenantScoped, Base):
     source_ip: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# Feature tables kept in their own package; imported here so the metadata (and Alembic) sees them.
+from billing.models import GLOBAL_TABLES as _BILLING_GLOBAL_TABLES  # noqa: E402
+from control_plane.sso.models import SsoConnection, SsoDomain, SsoIdentity, SsoSession  # noqa: E402, F401
+
+GLOBAL_TABLES = GLOBAL_TABLES | _BILLING_GLOBAL_TABLES
+from control_plane.cells.models import GLOBAL_TABLES as _CELLS_GLOBAL_TABLES  # noqa: E402
+from control_plane.cells.models import Cell, TenantPlacement  # noqa: E402, F401
+from provisioning.models import ProvisioningRun, ProvisioningStep  # noqa: E402, F401
+
+GLOBAL_TABLES = GLOBAL_TABLES | _CELLS_GLOBAL_TABLES

@@ -15,8 +15,17 @@ from control_plane.identity import schemas
 from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import Passwords, check_password_strength, new_token, token_hash
 from control_plane.settings import Settings
+from control_plane.sso.policy import enforcing_connection, sso_session_is_revoked
 from kernel.db import new_id, utcnow
-from kernel.errors import Conflict, Gone, NotAuthenticated, NotFound, QuotaExceeded, ValidationFailed
+from kernel.errors import (
+    Conflict,
+    Gone,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    ValidationFailed,
+)
 from kernel.pagination import DEFAULT_LIMIT, keyset, page
 from kernel.ports.kv import KeyValueStore
 from kernel.ports.mail import Mailer, MailMessage
@@ -222,8 +231,22 @@ class IdentityService:
             await self.throttle.failed(email)
             raise NotAuthenticated(GENERIC_LOGIN_ERROR, code="invalid_login")
         await self.throttle.succeeded(email)
+        # Checked only once the password is right, so the answer reveals nothing to a guesser.
+        if await enforcing_connection(self.db, user) is not None:
+            raise PermissionDenied(
+                "Your organisation requires single sign-on: continue with your identity provider at /login.",
+                code="sso_required",
+            )
         if self.passwords.needs_rehash(user.password_hash or ""):
             user.password_hash = await self.passwords.hash(data.password)
+        session, token = self.stage_session(user, source_ip=source_ip, user_agent=user_agent)
+        self.audit.record("session.created", tenant_id=None, target_type="user", target_id=user.id)
+        with dangerously_unscoped():
+            await self.db.commit()
+        return schemas.SessionToken(token=token, expires_at=session.expires_at, user=user_view(user))
+
+    def stage_session(self, user: User, *, source_ip: str | None, user_agent: str | None) -> tuple[UserSession, str]:
+        """Add a new session of ``user`` to the caller's transaction; returns it and its token (shown once)."""
         token = new_token(SESSION_PREFIX)
         now = utcnow()
         session = UserSession(
@@ -237,10 +260,7 @@ class IdentityService:
         )
         self.db.add(session)
         user.last_login_at = now
-        self.audit.record("session.created", tenant_id=None, target_type="user", target_id=user.id)
-        with dangerously_unscoped():
-            await self.db.commit()
-        return schemas.SessionToken(token=token, expires_at=session.expires_at, user=user_view(user))
+        return session, token
 
     async def authenticate_session(self, token: str) -> Principal | None:
         """The user behind a session token, or None when unknown, expired or the user is disabled."""
@@ -255,6 +275,8 @@ class IdentityService:
             return None
         session, user = row
         if session.expires_at <= utcnow() or not user.is_active:
+            return None
+        if await sso_session_is_revoked(self.db, session.id, user.id):
             return None
         return Principal(
             kind="user", id=user.id, label=user.email, platform_role=user.platform_role, session_id=session.id

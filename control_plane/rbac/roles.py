@@ -12,5 +12,7 @@ TENANT_ROLES: tuple[str, ...] = ("owner", "admin", "analyst", "marketer", "sales
 
 # What an API key may be granted: `object:action`. Managing people and keys stays with
 # people, so a leaked key cannot mint keys or invite accomplices.
-ApiKeyScope = Literal["tenant:read", "members:read", "invites:read", "api_keys:read", "sources:read", "audit:read"]
+ApiKeyScope = Literal[
+    "tenant:read", "members:read", "invites:read", "api_keys:read", "sources:read", "audit:read", "analytics:read"
+]
 API_KEY_SCOPES: tuple[str, ...] = ApiKeyScope.__args__  # type: ignore[attr-defined]

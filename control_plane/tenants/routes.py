@@ -9,12 +9,19 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from control_plane.identity.principal import Principal
+from control_plane.provisioning.schemas import ProvisionRequest
 from control_plane.rbac.authorizer import PLATFORM
 from control_plane.runtime import Services
 from control_plane.tenants import schemas
 from kernel.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="Page size.")]
+
+
+async def _fresh(services: Services, tenant_id: str) -> schemas.Tenant:
+    """The tenant as it is now (a run may have moved it in another session)."""
+    services.db.expire_all()
+    return await services.tenants.get(tenant_id)
 
 
 class TenantController(Controller):
@@ -28,8 +35,17 @@ class TenantController(Controller):
         services: NamedDependency[Services],
         principal: NamedDependency[Principal],
     ) -> schemas.Tenant:
-        """Create a tenant in state `pending`. With `owner_email`, that person is invited as its owner."""
-        return await services.tenants.create(data, principal.id)
+        """Create a tenant and start its provisioning run: `pending → provisioning → active`, or `failed` (with why).
+
+        With `owner_email`, that person is invited as its owner. With `provision: false` it stays `pending`
+        until ProvisionTenant. Follow the run with ListTenantProvisioningRuns.
+        """
+        tenant = await services.tenants.create(data, principal.id)
+        if not data.provision:
+            return tenant
+        params = {"role_arn": data.role_arn} if data.role_arn else None
+        await services.provisioning.start(tenant.id, "provision", created_by=principal.id, params=params, wait=False)
+        return await _fresh(services, tenant.id)
 
     @get("/", operation_id="ListTenants", opt={"authenticated": True})
     async def list_tenants(
@@ -75,9 +91,20 @@ class TenantController(Controller):
         status_code=200,
         opt={"permission": ("tenant", "write"), "audit": "tenant.provisioned"},
     )
-    async def provision_tenant(self, tenant_id: FromPath[str], services: NamedDependency[Services]) -> schemas.Tenant:
-        """Provision a `pending` tenant: `pending → provisioning → active`."""
-        return await services.tenants.provision(tenant_id)
+    async def provision_tenant(
+        self,
+        tenant_id: FromPath[str],
+        services: NamedDependency[Services],
+        principal: NamedDependency[Principal],
+        data: JSONBody[ProvisionRequest | None] = None,
+    ) -> schemas.Tenant:
+        """Provision a `pending` (or `failed`) tenant as a run: `provisioning → active`, or `failed` with the reason.
+
+        Answers when the run ends, or after a few seconds with the tenant still `provisioning`.
+        """
+        params = {"role_arn": data.role_arn} if data and data.role_arn else None
+        await services.provisioning.start(tenant_id, "provision", created_by=principal.id, params=params)
+        return await _fresh(services, tenant_id)
 
     @post(
         "/{tenant_id:str}/suspend",
@@ -91,8 +118,10 @@ class TenantController(Controller):
         services: NamedDependency[Services],
         data: JSONBody[schemas.TenantStatusChange | None] = None,
     ) -> schemas.Tenant:
-        """Suspend an `active` tenant: its users and API keys are refused (403) until it is reactivated."""
-        return await services.tenants.suspend(tenant_id, data.reason if data else None)
+        """Suspend an `active` tenant (a run): its users and API keys are refused (403) until it is reactivated."""
+        params = {"reason": data.reason} if data and data.reason else None
+        await services.provisioning.start(tenant_id, "suspend", params=params)
+        return await _fresh(services, tenant_id)
 
     @post(
         "/{tenant_id:str}/reactivate",
@@ -101,8 +130,9 @@ class TenantController(Controller):
         opt={"permission": ("tenant", "write"), "audit": "tenant.reactivated"},
     )
     async def reactivate_tenant(self, tenant_id: FromPath[str], services: NamedDependency[Services]) -> schemas.Tenant:
-        """Reactivate a `suspended` tenant."""
-        return await services.tenants.reactivate(tenant_id)
+        """Reactivate a `suspended` tenant (a run that first checks its space in the cell)."""
+        await services.provisioning.start(tenant_id, "resume")
+        return await _fresh(services, tenant_id)
 
     @delete(
         "/{tenant_id:str}",
@@ -111,8 +141,10 @@ class TenantController(Controller):
         opt={"permission": ("tenant", "write"), "audit": "tenant.deleted"},
     )
     async def delete_tenant(self, tenant_id: FromPath[str], services: NamedDependency[Services]) -> schemas.Tenant:
-        """Delete a `suspended` (or never provisioned `pending`) tenant: `deleting → deleted`.
+        """Delete a `suspended` (or never provisioned `pending` or `failed`) tenant as a run: `deleting → deleted`.
 
-        Its members lose access and its API keys stop working; the audit trail is kept.
+        The run exports its data (lake and profiles) to an archive, records where, then removes its space
+        and its sources. Its members lose access and its API keys stop working; the audit trail is kept.
         """
-        return await services.tenants.delete(tenant_id)
+        await services.provisioning.start(tenant_id, "deprovision")
+        return await _fresh(services, tenant_id)

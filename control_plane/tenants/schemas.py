@@ -8,11 +8,12 @@ from typing import Annotated, Literal
 import msgspec
 
 from control_plane.db.models import TENANT_STATUSES
+from control_plane.provisioning.schemas import RoleArn
 
 Plan = Literal["free", "growth", "enterprise"]
 Pattern = Literal["A", "B"]
 Template = Literal["base", "ecommerce", "saas", "real_estate"]
-TenantStatus = Literal["pending", "provisioning", "active", "suspended", "deleting", "deleted"]
+TenantStatus = Literal["pending", "provisioning", "active", "suspended", "deleting", "deleted", "failed"]
 assert set(TenantStatus.__args__) == set(TENANT_STATUSES)  # type: ignore[attr-defined]
 
 # Printable text: no control characters (names go into mail subjects and logs).
@@ -40,6 +41,11 @@ class TenantCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     template: Template = "base"
     # Invited as the tenant's first owner.
     owner_email: Email | None = None
+    # Start provisioning at once (`pending → provisioning → active`); false leaves it `pending`,
+    # e.g. for a Pattern A tenant whose client still has to create the role (see GetTrustPolicy).
+    provision: bool = True
+    # Pattern A: the client's role Livora assumes (its trust policy: GetTrustPolicy).
+    role_arn: RoleArn | None = None
 
 
 class TenantUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

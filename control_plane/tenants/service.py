@@ -149,15 +149,4 @@ class TenantService:
             await self.db.commit()
         return tenant_view(tenant)
 
-    async def provision(self, tenant_id: str) -> schemas.Tenant:
-        # NOTE: no data-plane resources exist to create yet, so provisioning completes at once.
-        return await self.transition(tenant_id, "provisioning", "active")
-
-    async def suspend(self, tenant_id: str, reason: str | None) -> schemas.Tenant:
-        return await self.transition(tenant_id, "suspended", reason=reason)
-
-    async def reactivate(self, tenant_id: str) -> schemas.Tenant:
-        return await self.transition(tenant_id, "active")
-
-    async def delete(self, tenant_id: str, reason: str | None = None) -> schemas.Tenant:
-        return await self.transition(tenant_id, "deleting", "deleted", reason=reason)
+    # NOTE: provisioning, suspension, reactivation and deletion are runs: ProvisioningService.start.

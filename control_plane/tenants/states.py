@@ -1,4 +1,4 @@
-"""The tenant lifecycle: pending → provisioning → active ⇄ suspended → deleting → deleted."""
+"""The tenant lifecycle: pending → provisioning → active ⇄ suspended → deleting → deleted, or provisioning → failed."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from kernel.errors import Conflict
 TRANSITIONS: dict[str, frozenset[str]] = {
     # A tenant that never got a data plane can be deleted straight away.
     "pending": frozenset({"provisioning", "deleting"}),
-    "provisioning": frozenset({"active"}),
+    "provisioning": frozenset({"active", "failed"}),
     "active": frozenset({"suspended"}),
     # Deletion goes through suspension, so traffic stops before data goes.
     "suspended": frozenset({"active", "deleting"}),
     "deleting": frozenset({"deleted"}),
     "deleted": frozenset(),
+    # A provisioning run that failed: retried (provisioning), rolled back (pending), or given up (deleting).
+    "failed": frozenset({"provisioning", "pending", "deleting"}),
 }
 
 

@@ -18,6 +18,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_events: int = 100
     events_per_second: int = 1_000
     burst_events: int = 5_000
+    # Events the plan includes per billing period (calendar month, UTC); None: no quota.
+    events_per_month: int | None = None
+    # Over the quota: `overage` keeps accepting (and bills it), `throttle` refuses with 429.
+    over_quota: Literal["overage", "throttle"] = "overage"
 
 
 class SourceConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -31,12 +35,43 @@ class SourceConfig(msgspec.Struct, frozen=True, kw_only=True):
     previous_write_key_hash: str | None = None
 
 
+class TrackingPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """Which of the tenant's events mean what to analytics; defaults follow Segment's e-commerce spec.
+
+    View and add-to-cart events carry ``properties.product_id``; purchase events carry the revenue
+    property and ``properties.products[]`` (``product_id``, ``price``, ``quantity``).
+    """
+
+    view_event: str = "Product Viewed"
+    add_to_cart_event: str = "Product Added"
+    purchase_event: str = "Order Completed"
+    revenue_property: str = "revenue"
+
+
+class ApiKeyGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant API key the cell accepts for its read APIs (only keys with such a scope are sent)."""
+
+    id: str
+    # SHA-256 of the current secret, and of the previous one while its rotation grace lasts.
+    secret_hashes: list[str]
+    scopes: list[str]
+    expires_at: dt.datetime | None = None
+    previous_secret_hash: str | None = None
+    previous_valid_until: dt.datetime | None = None
+
+
 class TenantConfig(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     status: Literal["pending", "provisioning", "active", "suspended", "deleting", "deleted"]
     plan: str
     limits: Limits
     sources: list[SourceConfig]
+    # Set while a throttling plan is over its quota: the cell refuses events (429) until then.
+    quota_exceeded_until: dt.datetime | None = None
+    # IANA time zone analytics use for days, weeks and months unless a query names another.
+    time_zone: str = "UTC"
+    tracking_plan: TrackingPlan = msgspec.field(default_factory=TrackingPlan)
+    api_keys: list[ApiKeyGrant] = []
 
 
 class CellConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,14 +82,17 @@ class CellConfig(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     generated_at: dt.datetime
     tenants: list[TenantConfig]
+    # Public keys (Ed25519, raw, URL-safe base64) that sign cell tokens for people (see contract/tokens.py).
+    token_keys: list[str] = []
 
 
 _encoder = msgspec.json.Encoder(order="deterministic")
 
 
-def config_digest(tenants: list[TenantConfig]) -> str:
+def config_digest(tenants: list[TenantConfig], token_keys: list[str] | None = None) -> str:
     """A content digest: equal configs give equal versions, whatever the generation time."""
-    return hashlib.sha256(_encoder.encode(tenants)).hexdigest()[:32]
+    content: object = tenants if not token_keys else [tenants, token_keys]
+    return hashlib.sha256(_encoder.encode(content)).hexdigest()[:32]
 
 
 def encode_config(config: CellConfig) -> bytes:
@@ -102,3 +140,48 @@ class UsageReceipt(msgspec.Struct, frozen=True, kw_only=True):
 
     stored: int
     duplicates: int
+
+
+# --- tenant spaces: the control plane's provisioning asks a cell to create, export or remove one ---
+
+SPACES_PATH = "/internal/v1/cell/spaces"
+
+
+class SpaceSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a tenant's space in a cell is made of (from its template)."""
+
+    tenant_id: str
+    stream_partitions: int = 1
+    lake_retention_days: int = 395
+    stores: list[str] = []
+
+
+class Space(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's space in a cell: where each of its parts lives. ``created`` is False when it already existed."""
+
+    tenant_id: str
+    profiles: str
+    lake_prefix: str
+    stream_partitions: int
+    created: bool = False
+
+
+class SpaceExportRequest(msgspec.Struct, frozen=True, kw_only=True):
+    # A name for this export inside the cell's archive area (letters, digits, - and _).
+    label: str
+
+
+class SpaceExport(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a tenant's data was archived, and what went in: lake objects and profiles."""
+
+    tenant_id: str
+    location: str
+    lake_objects: int
+    profiles: int
+    bytes: int
+
+
+class SpaceRemoval(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    lake_objects: int
+    removed: bool

@@ -180,6 +180,9 @@ class Ingestor:
         first = next((m for m in messages if m is not None), None)
         write_key = _basic_user(request.authorization) or body_key or (first.write_key if first else None)
         resolved = self.authenticate(write_key, request.origin, received_at)
+        if (until := resolved.tenant.quota_exceeded_until) is not None and until > received_at:
+            retry = int((until - received_at).total_seconds()) + 1
+            raise QuotaExceeded("The monthly quota is used up.", retry_after=retry, code="monthly_quota_exceeded")
         limit = min(resolved.tenant.limits.max_batch_events, settings.max_batch_events_ceiling)
         if len(raws) > limit:
             raise TooLarge(

@@ -174,3 +174,19 @@ def test_billing_and_provisioning_stay_below_the_control_plane(package: str) -> 
 def test_only_the_composition_root_imports_livora(package: str) -> None:
     violations = [i for i in first_party_imports(package) if within(i.module, "livora")]
     assert not violations, _report(violations, "livora composes the planes; nothing below it imports it")
+
+
+def test_tenant_templates_are_data_and_import_none_of_ours() -> None:
+    """Blueprints and their schema are read by provisioning, the control plane and the CLI alike."""
+    violations = first_party_imports("tenant_templates")
+    assert not violations, _report(violations, "tenant_templates is data plus its schema: it imports no other package")
+
+
+def test_provisioning_reaches_cells_only_through_the_contract() -> None:
+    """Provisioning acts on a cell over the cell contract; the data plane never sees provisioning."""
+    allowed = ("kernel", "tenant_templates", CONTRACT)
+    violations = [i for i in first_party_imports("provisioning") if not any(within(i.module, a) for a in allowed)]
+    assert not violations, _report(violations, f"provisioning imports only {', '.join(allowed)}")
+    imported = {i.module for i in first_party_imports("provisioning")}
+    # The walker sees the driver's use of the contract: the rule above is not passing vacuously.
+    assert any(within(module, CONTRACT) for module in imported), imported

@@ -10,13 +10,19 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
+from billing.models import Subscription as BillingSubscription
 from control_plane.api_keys.schemas import ApiKeyCreate
+from control_plane.cells.models import TenantPlacement
+from control_plane.cells.schemas import CellCreate
 from control_plane.db.models import Invite, Membership, Tenant, User
 from control_plane.identity.secrets import new_token, token_hash
 from control_plane.sources.schemas import SourceCreate
+from control_plane.sso.models import SsoConnection
 from kernel.db import new_id, utcnow
 from kernel.tenancy import tenant_scope
+from provisioning.models import ProvisioningStep
 from tests.support.world import PASSWORD, Actor, World
 
 # --- the specification ---------------------------------------------------------------------
@@ -77,6 +83,8 @@ MATRIX: dict[str, frozenset[str]] = {
     "RotateApiKey": ADMIN_ONLY | A_MANAGERS,
     "RevokeApiKey": ADMIN_ONLY | A_MANAGERS,
     "ListTenantAuditEntries": OPS | A_MANAGERS | {"a:key_all"},
+    # Analytics tokens for the tenant's cell: people with the analyst role or higher (keys call the cell directly).
+    "CreateAnalyticsToken": OPS | {"a:owner", "a:admin", "a:analyst"},
     # Sources: every member sees them (no secrets after creation); owners and admins manage them.
     "ListSources": OPS | A_ROLES | {"a:key_all"},
     "GetSource": OPS | A_ROLES | {"a:key_all"},
@@ -84,9 +92,43 @@ MATRIX: dict[str, frozenset[str]] = {
     "UpdateSource": ADMIN_ONLY | A_MANAGERS,
     "RotateWriteKey": ADMIN_ONLY | A_MANAGERS,
     "RevokeSource": ADMIN_ONLY | A_MANAGERS,
+    # SSO connections: owners and admins configure their tenant's identity provider; staff may read them.
+    "ListSsoConnections": OPS | A_MANAGERS,
+    "GetSsoConnection": OPS | A_MANAGERS,
+    "CreateSsoConnection": ADMIN_ONLY | A_MANAGERS,
+    "UpdateSsoConnection": ADMIN_ONLY | A_MANAGERS,
+    "DeleteSsoConnection": ADMIN_ONLY | A_MANAGERS,
+    "TestSsoConnection": ADMIN_ONLY | A_MANAGERS,
+    # The sign-in page asks how an email signs in before anyone is signed in.
+    "DiscoverSso": EVERYONE,
     # For data-plane cells and their credential only: no person or API key, however privileged.
     "GetCellConfig": frozenset(),
+    # Billing: finance and ops admins act on every tenant's invoices (ops_viewer reads everything);
+    # a tenant's owners and admins read their own invoices and usage; plans and tax are finance's.
+    **{op: PLATFORM for op in ("ListPlans", "ListAllInvoices", "GetAnyInvoice", "RenderAnyInvoice")},
+    **{op: PLATFORM for op in ("ExportInvoices", "ExportInvoiceLines", "GetRevenue")},
+    **{op: ADMIN_ONLY | {"finance"} for op in ("RefreshDraftInvoice", "FinalizeInvoice", "VoidInvoice")},
+    **{op: ADMIN_ONLY | {"finance"} for op in ("MarkInvoiceUncollectible", "RecordInvoicePayment", "CreateCreditNote")},
+    **{op: ADMIN_ONLY | {"finance"} for op in ("ClosePeriod", "UpdateBillingAccount", "ChangePlan")},
+    **{op: PLATFORM | A_MANAGERS for op in ("GetBillingAccount", "ListInvoices", "GetInvoice", "RenderInvoice")},
+    "GetUsage": PLATFORM | A_MANAGERS,
+    "ReportUsage": frozenset(),
+    "ReceiveStripeWebhook": frozenset(),
+    # Provisioning runs and cells: Livora staff; ops_admin acts. A Pattern A tenant's owners and admins
+    # read the trust policy their role must carry.
+    **{op: OPS for op in ("ListCells", "GetCell", "ListProvisioningRuns", "GetProvisioningRun")},
+    **{op: OPS for op in ("ListTenantProvisioningRuns", "GetTenantPlacement")},
+    **{op: ADMIN_ONLY for op in ("RegisterCell", "UpdateCell", "RotateCellCredential")},
+    **{op: ADMIN_ONLY for op in ("RetryProvisioningRun", "RollBackProvisioningRun", "UpgradeTenantTemplate")},
+    "GetTrustPolicy": OPS | A_MANAGERS,
 }
+BILLING_FINANCE_OPS = frozenset(
+    op
+    for op, allowed in MATRIX.items()
+    if "finance" in allowed
+    and allowed < EVERYONE
+    and op not in ("GetMe", "ListTenants", "Logout", "ChangePassword", "GetTenant")
+)
 
 # Denials that are not the generic 403 `permission_denied` (beyond 401 for anonymous callers
 # and 404 `tenant_not_found` for callers outside tenant A on tenant routes).
@@ -94,6 +136,9 @@ DENIAL_OVERRIDES: dict[tuple[str, str], tuple[int, str]] = {
     **{("Logout", key): (403, "not_a_session") for key in A_KEYS},
     **{("ChangePassword", key): (403, "not_a_session") for key in A_KEYS},
     **{("GetCellConfig", name): (401, "invalid_cell_credential") for name in EVERYONE},
+    **{("ReportUsage", name): (401, "invalid_cell_credential") for name in EVERYONE},
+    # Only the payment provider's signature opens it (the embedded driver takes no webhooks at all).
+    **{("ReceiveStripeWebhook", name): (401, "invalid_webhook_signature") for name in EVERYONE},
     # Reactivation needs a suspended tenant, and a suspended tenant refuses its own people and keys.
     **{("ReactivateTenant", name): (403, "tenant_suspended") for name in A_ROLES | A_KEYS},
 }
@@ -110,6 +155,7 @@ class Call:
 
     params: dict[str, str] = field(default_factory=dict)
     json: Any = None
+    query: dict[str, str] = field(default_factory=dict)
 
 
 class Env:
@@ -188,10 +234,124 @@ class Env:
 
         return str(self._run(work))
 
+    @staticmethod
+    def cell_name() -> str:
+        return f"cell-{uuid.uuid4().hex[:10]}"
+
+    def cell(self) -> str:
+        async def work(services: Any) -> str:
+            created = await services.cell_registry.register(
+                CellCreate(name=self.cell_name(), region="eu-west-1", endpoint="http://cell")
+            )
+            return str(created.cell.id)
+
+        return str(self._run(work))
+
+    def failed_run(self, operation: str, step: str) -> str:
+        """A failed run of tenant A whose one step is harmless to run again (its target state holds already)."""
+
+        async def work(services: Any) -> str:
+            with tenant_scope(self.a):
+                run = services.runtime.provisioner.runner.add_run(
+                    services.db,
+                    tenant_id=self.a,
+                    operation=operation,
+                    steps=[step],
+                    driver="local",
+                    template="ecommerce",
+                    template_version=1,
+                )
+                run.status, run.error = "failed", f"{step}: matrix"
+                await services.db.flush()
+                await services.db.execute(
+                    update(ProvisioningStep)
+                    .where(ProvisioningStep.run_id == run.id)
+                    .values(status="failed", attempts=5)
+                )
+                await services.db.commit()
+                return str(run.id)
+
+        return str(self._run(work))
+
+    def placed(self) -> str:
+        async def work(services: Any) -> None:
+            with tenant_scope(self.a):
+                if await services.db.get(TenantPlacement, self.a) is None:
+                    services.db.add(
+                        TenantPlacement(
+                            tenant_id=self.a, template="ecommerce", template_version=1, resources={}, starter_content={}
+                        )
+                    )
+                    await services.db.commit()
+
+        self._run(work)
+        return self.a
+
+    def pattern_a(self) -> str:
+        async def work(services: Any) -> None:
+            tenant = await services.db.get(Tenant, self.a)
+            tenant.deployment_pattern = "A"
+            await services.db.commit()
+
+        self._run(work)
+        return self.a
+
     def source(self) -> str:
         async def work(services: Any) -> str:
             created = await services.sources.create(self.a, SourceCreate(name="target", kind="server"), None)
             return str(created.source.id)
+
+        return str(self._run(work))
+
+    def invoice(self, finalised: bool = True, current: bool = False) -> str:
+        """A tenant-A invoice of a month of its own (its plan started long ago), draft or finalised."""
+        self.months = getattr(self, "months", 0) + 1
+        now = utcnow()
+        start = now if current else dt.datetime(2020, 1, 1, tzinfo=dt.UTC) + dt.timedelta(days=31 * self.months)
+
+        async def work(services: Any) -> str:
+            billing = services.billing
+            with tenant_scope(self.a):
+                if not await services.db.scalar(select(BillingSubscription.id)):
+                    since = dt.datetime(2019, 1, 1, tzinfo=dt.UTC)
+                    subscription = BillingSubscription(
+                        id=new_id("sub"), tenant_id=self.a, plan="growth", started_at=since
+                    )
+                    services.db.add(subscription)
+                    await services.db.commit()
+            draft = await billing.draft(self.a, start, now)
+            if finalised:
+                await billing.finalize(draft.id, now, push=False)
+            return str(draft.id)
+
+        return str(self._run(work))
+
+    def other_plan(self) -> str:
+        async def work(services: Any) -> str:
+            return "enterprise" if (await services.db.get(Tenant, self.a)).plan != "enterprise" else "growth"
+
+        return str(self._run(work))
+
+    def sso_connection(self) -> str:
+        """A tenant-A SSO connection whose issuer is refused before any request leaves (no network in tests)."""
+
+        async def work(services: Any) -> str:
+            with tenant_scope(self.a):
+                connection = SsoConnection(
+                    id=new_id("sso"),
+                    tenant_id=self.a,
+                    name="target",
+                    issuer="https://127.0.0.1:1",
+                    client_id="client",
+                    client_secret_encrypted=services.runtime.secret_box.encrypt("secret"),
+                    scopes=["openid", "email"],
+                    allowed_domains=[],
+                    role_mapping={},
+                    default_role="viewer",
+                )
+                services.db.add(connection)
+                await services.db.commit()
+            return connection.id
 
         return str(self._run(work))
 
@@ -255,13 +415,61 @@ PREPARE: dict[str, Callable[[Env], Call]] = {
     "RotateApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "RevokeApiKey": lambda env: Call(params={"tenant_id": env.a, "key_id": env.key()}),
     "ListTenantAuditEntries": lambda env: Call(params={"tenant_id": env.a}),
+    "CreateAnalyticsToken": lambda env: Call(params={"tenant_id": env.a}),
     "GetCellConfig": lambda env: Call(),
+    **{op: lambda env: Call() for op in ("ListPlans", "ListAllInvoices", "ExportInvoices", "ExportInvoiceLines")},
+    **{op: lambda env: Call() for op in ("GetRevenue", "ClosePeriod", "ReportUsage", "ReceiveStripeWebhook")},
+    "GetAnyInvoice": lambda env: Call(params={"invoice_id": env.invoice()}),
+    "RenderAnyInvoice": lambda env: Call(params={"invoice_id": env.invoice()}),
+    "RefreshDraftInvoice": lambda env: Call(params={"invoice_id": env.invoice(finalised=False, current=True)}),
+    "FinalizeInvoice": lambda env: Call(params={"invoice_id": env.invoice(finalised=False)}),
+    "VoidInvoice": lambda env: Call(params={"invoice_id": env.invoice()}),
+    "MarkInvoiceUncollectible": lambda env: Call(params={"invoice_id": env.invoice()}),
+    "RecordInvoicePayment": lambda env: Call(params={"invoice_id": env.invoice()}, json={"reference": "wire-1"}),
+    "CreateCreditNote": lambda env: Call(params={"invoice_id": env.invoice()}, json={"amount": 1, "reason": "gift"}),
+    "GetBillingAccount": lambda env: Call(params={"tenant_id": env.a}),
+    "UpdateBillingAccount": lambda env: Call(params={"tenant_id": env.a}, json={"tax_rate_bp": 1900}),
+    "ChangePlan": lambda env: Call(params={"tenant_id": env.a}, json={"plan": env.other_plan()}),
+    "ListInvoices": lambda env: Call(params={"tenant_id": env.a}),
+    "GetInvoice": lambda env: Call(params={"tenant_id": env.a, "invoice_id": env.invoice()}),
+    "RenderInvoice": lambda env: Call(params={"tenant_id": env.a, "invoice_id": env.invoice()}),
+    "GetUsage": lambda env: Call(params={"tenant_id": env.a}),
     "ListSources": lambda env: Call(params={"tenant_id": env.a}),
     "GetSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.world.a.source_id}),
     "CreateSource": lambda env: Call(params={"tenant_id": env.a}, json={"name": "site", "kind": "web"}),
     "UpdateSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}, json={"name": "renamed"}),
     "RotateWriteKey": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}),
     "RevokeSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.source()}),
+    "ListCells": lambda env: Call(),
+    "RegisterCell": lambda env: Call(json={"name": env.cell_name(), "region": "eu-west-1", "endpoint": "http://cell"}),
+    "GetCell": lambda env: Call(params={"cell_id": env.cell()}),
+    "UpdateCell": lambda env: Call(params={"cell_id": env.cell()}, json={"capacity": 7}),
+    "RotateCellCredential": lambda env: Call(params={"cell_id": env.cell()}),
+    "ListProvisioningRuns": lambda env: Call(),
+    "GetProvisioningRun": lambda env: Call(params={"run_id": env.failed_run("resume", "resume_tenant")}),
+    "RetryProvisioningRun": lambda env: Call(params={"run_id": env.failed_run("resume", "resume_tenant")}),
+    "RollBackProvisioningRun": lambda env: Call(params={"run_id": env.failed_run("provision", "activate")}),
+    "ListTenantProvisioningRuns": lambda env: Call(params={"tenant_id": env.a}),
+    "UpgradeTenantTemplate": lambda env: Call(params={"tenant_id": env.a}, json={"template": "base"}),
+    "GetTenantPlacement": lambda env: Call(params={"tenant_id": env.placed()}),
+    "GetTrustPolicy": lambda env: Call(params={"tenant_id": env.pattern_a()}),
+    "ListSsoConnections": lambda env: Call(params={"tenant_id": env.a}),
+    "GetSsoConnection": lambda env: Call(params={"tenant_id": env.a, "connection_id": env.sso_connection()}),
+    "CreateSsoConnection": lambda env: Call(
+        params={"tenant_id": env.a},
+        json={
+            "issuer": "https://idp.example.com",
+            "client_id": "client",
+            "client_secret": "secret",
+            "allowed_domains": [f"{uuid.uuid4().hex[:12]}.example.com"],
+        },
+    ),
+    "UpdateSsoConnection": lambda env: Call(
+        params={"tenant_id": env.a, "connection_id": env.sso_connection()}, json={"name": "renamed"}
+    ),
+    "DeleteSsoConnection": lambda env: Call(params={"tenant_id": env.a, "connection_id": env.sso_connection()}),
+    "TestSsoConnection": lambda env: Call(params={"tenant_id": env.a, "connection_id": env.sso_connection()}),
+    "DiscoverSso": lambda env: Call(query={"email": "someone@example.com"}),
 }
 
 
@@ -290,7 +498,7 @@ def principals(world: World) -> dict[str, Actor | None]:
 def send(client: httpx.Client, method: str, template: str, call: Call, actor: Actor | None) -> httpx.Response:
     path = template.format(**call.params)
     headers = actor.headers if actor is not None else {}
-    return client.request(method, path, json=call.json, headers=headers)
+    return client.request(method, path, json=call.json, headers=headers, params=call.query or None)
 
 
 def expected_denial(operation: str, template: str, name: str) -> tuple[int, str]:
@@ -329,12 +537,17 @@ def test_principals_are_the_seeded_world(world):
 
 def test_specification_keeps_its_promises():
     """The table itself: keys never write, finance reads tenants only, outsiders see no tenant."""
-    writes = {op for op in MATRIX if not op.startswith(("List", "Get")) and MATRIX[op] != EVERYONE}
-    for op in writes - {"Logout", "ChangePassword"}:
+    writes = {op for op in MATRIX if not op.startswith(("List", "Get", "Export", "Render")) and MATRIX[op] != EVERYONE}
+    # An analytics token is a short-lived pass to read; issuing it changes nothing of the tenant's.
+    for op in writes - {"Logout", "ChangePassword", "CreateAnalyticsToken"}:
         assert not MATRIX[op] & A_KEYS, f"an API key may {op}"
-        assert MATRIX[op] <= ADMIN_ONLY | A_MANAGERS, f"{op} is open to {sorted(MATRIX[op])}"
+        billing = {"finance"} if op in BILLING_FINANCE_OPS else set()
+        assert MATRIX[op] <= ADMIN_ONLY | A_MANAGERS | billing, f"{op} is open to {sorted(MATRIX[op])}"
     finance = {op for op, allowed in MATRIX.items() if "finance" in allowed and allowed < EVERYONE}
-    assert finance - {"GetMe", "ListTenants", "Logout", "ChangePassword"} == {"GetTenant"}
+    assert finance - {"GetMe", "ListTenants", "Logout", "ChangePassword"} == {"GetTenant"} | BILLING_FINANCE_OPS
+    billing_words = ("Invoice", "Invoices", "Plans", "Revenue", "Note", "Period", "Plan", "Account", "Lines", "Usage")
+    billing_words += ("Uncollectible", "Payment")
+    assert all(op.endswith(billing_words) for op in BILLING_FINANCE_OPS)
 
 
 @pytest.mark.parametrize("operation", sorted(MATRIX))

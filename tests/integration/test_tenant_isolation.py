@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from control_plane.db.models import ApiKey, Invite, Membership, Source, Tenant, User
+from control_plane.sso.models import SsoConnection
 from kernel.db import new_id
 from kernel.pagination import decode_cursor
 from kernel.tenancy import tenant_scope
@@ -46,10 +48,42 @@ LEAK_CASES: dict[str, Any] = {
     "UpdateSource": {"name": "Taken over", "allowed_origins": ["https://evil.example.com"]},
     "RotateWriteKey": {"grace_period_seconds": 0},
     "RevokeSource": None,
+    "ListSsoConnections": None,
+    "GetSsoConnection": None,
+    "CreateSsoConnection": {
+        "issuer": "https://idp.example.com",
+        "client_id": "mole",
+        "client_secret": "secret",
+        "allowed_domains": ["hijacked.example.com"],
+        "role_claim": "groups",
+        "role_mapping": {"moles": "owner"},
+    },
+    "UpdateSsoConnection": {"allowed_domains": ["hijacked.example.com"], "enforce_sso": True},
+    "DeleteSsoConnection": None,
+    "TestSsoConnection": None,
+    "ListTenantProvisioningRuns": None,
+    "UpgradeTenantTemplate": {"template": "saas"},
+    "GetTenantPlacement": None,
+    "GetTrustPolicy": None,
+    "CreateAnalyticsToken": None,
+    "GetBillingAccount": None,
+    "UpdateBillingAccount": {"tax_rate_bp": 0, "billing_email": "thief@example.com"},
+    "ChangePlan": {"plan": "enterprise"},
+    "ListInvoices": None,
+    "GetInvoice": None,
+    "RenderInvoice": None,
+    "GetUsage": None,
 }
 
 # Object ids in tenant routes' paths, and the id prefix of a made-up one.
-OBJECT_PARAMS = {"user_id": "usr", "key_id": "key", "invite_id": "inv", "source_id": "src"}
+OBJECT_PARAMS = {
+    "user_id": "usr",
+    "key_id": "key",
+    "invite_id": "inv",
+    "source_id": "src",
+    "connection_id": "sso",
+    "invoice_id": "inv",
+}
 
 # Tenant A's principals hold every tenant permission between them; owner and admin hold all.
 A_MANAGERS = ("a:owner", "a:admin")
@@ -86,6 +120,40 @@ def _run(world: World, aio: Callable[[Awaitable[Any]], Any], work: Callable[[Any
     return aio(run())
 
 
+def b_invoice(world: World, aio: Callable[[Awaitable[Any]], Any]) -> str:
+    """Tenant B's draft invoice of the current period."""
+
+    async def work(services: Any) -> str:
+        now = dt.datetime.now(dt.UTC)
+        invoice = await services.billing.ensure_draft(world.b.id, now, now)
+        await services.db.commit()
+        return str(invoice.id)
+
+    return _run(world, aio, work)
+
+
+def b_sso_connection(world: World, aio: Callable[[Awaitable[Any]], Any]) -> str:
+    async def work(services: Any) -> str:
+        with tenant_scope(world.b.id):
+            connection = SsoConnection(
+                id=new_id("sso"),
+                tenant_id=world.b.id,
+                name="B's provider",
+                issuer="https://idp.tenant-b.example.com",
+                client_id="b-client",
+                client_secret_encrypted=services.runtime.secret_box.encrypt("b-secret"),
+                scopes=["openid", "email"],
+                allowed_domains=[],
+                role_mapping={},
+                default_role="viewer",
+            )
+            services.db.add(connection)
+            await services.db.commit()
+        return connection.id
+
+    return str(_run(world, aio, work))
+
+
 def b_invite(world: World, aio: Callable[[Awaitable[Any]], Any]) -> str:
     async def work(services: Any) -> str:
         invite = await services.identity.invite(world.b.id, f"b-{uuid.uuid4().hex[:8]}@example.com", "viewer", None)
@@ -106,6 +174,7 @@ def snapshot(world: World, aio: Callable[[Awaitable[Any]], Any]) -> dict[str, An
             keys = (await db.scalars(select(ApiKey))).all()
             invites = (await db.scalars(select(Invite))).all()
             sources = (await db.scalars(select(Source))).all()
+            sso = (await db.scalars(select(SsoConnection))).all()
         users = (await db.scalars(select(User).where(User.id.in_([m.user_id for m in members])))).all()
         return {
             "tenant": (tenant.status, tenant.name, tenant.plan, tenant.template, tenant.status_reason),
@@ -116,6 +185,9 @@ def snapshot(world: World, aio: Callable[[Awaitable[Any]], Any]) -> dict[str, An
                 for k in keys
             ),
             "invites": sorted((i.id, i.email, i.role, i.revoked_at, i.accepted_at) for i in invites),
+            "sso": sorted(
+                (c.id, c.name, c.issuer, c.client_id, c.client_secret_encrypted, c.enabled, c.enforce_sso) for c in sso
+            ),
             "sources": sorted(
                 (x.id, x.name, x.write_key_hash, tuple(x.allowed_origins), x.revoked_at, x.rotated_at) for x in sources
             ),
@@ -198,6 +270,8 @@ def test_tenant_b_is_invisible_to_tenant_a(operation, client, world, aio):
         "key_id": world.b.key_ids["key_all"],
         "invite_id": b_invite(world, aio),
         "source_id": world.b.source_id,
+        "connection_id": b_sso_connection(world, aio),
+        "invoice_id": b_invoice(world, aio),
     }
     missing = {name: new_id(prefix) for name, prefix in OBJECT_PARAMS.items()}
     missing_tenant = new_id("ten")

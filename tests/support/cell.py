@@ -58,9 +58,11 @@ def cell(settings, world, tmp_path, request: pytest.FixtureRequest) -> Iterator[
     """
     marker = request.node.get_closest_marker("cell_settings")
     control_plane = LiveServer(create_app(msgspec.structs.replace(settings, cell_secret=SECRET))).start()
-    cell_settings = CellSettings(
-        data_dir=str(tmp_path / "cellvar"), cell_secret=SECRET, **(marker.kwargs if marker else {})
-    )
+    values = dict(marker.kwargs) if marker else {}
+    if "usage_push_seconds" in values:
+        # Pushing usage needs somewhere to push it: this control plane.
+        values.setdefault("control_plane_url", control_plane.url)
+    cell_settings = CellSettings(data_dir=str(tmp_path / "cellvar"), cell_secret=SECRET, **values)
     stream_path = tmp_path / "stream.db"
     keeper = ConfigKeeper(
         HttpConfigFetcher(control_plane.url, SECRET, timeout=1), cell_settings.config_cache_path, interval=0.2

@@ -22,6 +22,10 @@ LIFECYCLE = [
     ("suspended", "deleting"),
     ("pending", "deleting"),
     ("deleting", "deleted"),
+    ("provisioning", "failed"),
+    ("failed", "provisioning"),
+    ("failed", "pending"),
+    ("failed", "deleting"),
 ]
 
 

@@ -1,0 +1,172 @@
+"""The tenant's calendar: local days, weeks (Monday first), months and hours as UTC instants, DST included."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+
+from kernel.errors import ValidationFailed
+
+Interval = Literal["hour", "day", "week", "month"]
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_QUARTER_HOUR = dt.timedelta(minutes=15)
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``; 400 ``unknown_time_zone`` when there is none such."""
+    try:
+        if not name or name != name.strip() or name.startswith("/") or ".." in name:
+            raise ValueError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValidationFailed(
+            f"{name!r} is not an IANA time zone such as 'Europe/Paris' or 'UTC'.", code="unknown_time_zone"
+        ) from None
+
+
+def to_us(moment: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly (no float on the way)."""
+    delta = moment.astimezone(dt.UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int, tz: dt.tzinfo = dt.UTC) -> dt.datetime:
+    return (_EPOCH + dt.timedelta(microseconds=int(us))).astimezone(tz)
+
+
+def day_start(day: dt.date, tz: ZoneInfo) -> int:
+    """The first instant of the local ``day``, in microseconds.
+
+    NOTE: where midnight does not exist (a DST jump at 00:00) ``fold=0`` reads it with the offset
+    before the jump, which lands exactly on the jump: the first instant the day does have.
+    """
+    return to_us(dt.datetime.combine(day, dt.time(0), tzinfo=tz))
+
+
+def period_start(day: dt.date, interval: Interval) -> dt.date:
+    """The local date a day's week (Monday) or month (the 1st) starts on; the day itself otherwise."""
+    if interval == "week":
+        return day - dt.timedelta(days=day.weekday())
+    if interval == "month":
+        return day.replace(day=1)
+    return day
+
+
+def next_period(day: dt.date, interval: Interval) -> dt.date:
+    if interval == "week":
+        return day + dt.timedelta(days=7)
+    if interval == "month":
+        return dt.date(day.year + day.month // 12, day.month % 12 + 1, 1)
+    return day + dt.timedelta(days=1)
+
+
+_SLOT = 15 * 60 * 1_000_000  # no bucket is shorter than 30 minutes (Lord Howe's DST step)
+
+
+def locate(starts: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """``searchsorted(starts, ts, "right") - 1`` for sorted bucket starts, in a few vector passes: a
+    table maps each 15-minute slot to the bucket its beginning lies in, and since no bucket is shorter
+    than two slots, a timestamp is in that bucket or the next. Timestamps before ``starts[0]`` give -1."""
+    if len(ts) < 1024 or len(starts) < 2:
+        return np.searchsorted(starts, ts, side="right") - 1
+    origin = int(starts[0])
+    slots = (int(starts[-1]) - origin) // _SLOT + 2
+    table = np.searchsorted(starts, origin + np.arange(slots, dtype=np.int64) * _SLOT, side="right") - 1
+    slot = (ts - origin) // _SLOT
+    inside = (slot >= 0) & (slot < slots)
+    guess = table[np.clip(slot, 0, slots - 1)]
+    following = np.minimum(guess + 1, len(starts) - 1)
+    guess = guess + ((following > guess) & (ts >= starts[following]))
+    guess[~inside] = np.searchsorted(starts, ts[~inside], side="right") - 1
+    return guess
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Consecutive buckets: ``labels[i]`` starts at ``starts[i]`` (µs); the last ends at ``end``."""
+
+    labels: list[str]
+    starts: np.ndarray
+    end: int
+
+    def index(self, ts: np.ndarray) -> np.ndarray:
+        """Bucket of each timestamp (all must lie in ``[starts[0], end)``)."""
+        return locate(self.starts, ts)
+
+
+def buckets(interval: Interval, first: dt.date, last: dt.date, tz: ZoneInfo) -> Buckets:
+    """The buckets covering the local dates ``first``..``last`` (inclusive), clipped to that range:
+    the first bucket starts at ``first`` even when its week or month began earlier, and is labelled
+    with the date its period starts on (hours with their local time and offset)."""
+    start = day_start(first, tz)
+    end = day_start(last + dt.timedelta(days=1), tz)
+    labels: list[str] = []
+    starts: list[int] = []
+    if interval == "hour":
+        moment = from_us(start)
+        stop = from_us(end)
+        while moment < stop:
+            local = moment.astimezone(tz)
+            if local.minute == 0 and local.second == 0:
+                labels.append(local.isoformat())
+                starts.append(to_us(moment))
+            moment += _QUARTER_HOUR
+    else:
+        day = period_start(first, interval)
+        while day <= last:
+            labels.append(day.isoformat())
+            starts.append(max(start, day_start(day, tz)))
+            day = next_period(day, interval)
+    return Buckets(labels, np.asarray(starts, dtype=np.int64), end)
+
+
+@dataclass(frozen=True)
+class Days:
+    """Local dates of instants over a span: ``ordinal(ts)`` is ``date.toordinal()`` of each local date."""
+
+    base: int  # ordinal of the first day covered
+    starts: np.ndarray
+
+    def ordinal(self, ts: np.ndarray) -> np.ndarray:
+        return locate(self.starts, ts) + self.base
+
+
+def days(tz: ZoneInfo, low_us: int, high_us: int) -> Days:
+    """A day table covering every instant in ``[low_us, high_us]``."""
+    first = from_us(low_us, tz).date() - dt.timedelta(days=1)
+    last = from_us(high_us, tz).date() + dt.timedelta(days=1)
+    count = (last - first).days + 1
+    starts = np.fromiter(
+        (day_start(first + dt.timedelta(days=i), tz) for i in range(count)), dtype=np.int64, count=count
+    )
+    return Days(first.toordinal(), starts)
+
+
+def period_number(ordinals: np.ndarray, interval: Interval) -> np.ndarray:
+    """A running number of each local date's day, week (Monday first) or month: consecutive periods
+    have consecutive numbers, so differences count periods between two dates."""
+    if interval == "day":
+        return ordinals.astype(np.int64)
+    if interval == "week":
+        return (ordinals.astype(np.int64) - 1) // 7  # ordinal 1 (0001-01-01) is a Monday
+    # Months: via numpy dates (days since 1970-01-01 = ordinal - 719163).
+    as_dates = (ordinals.astype(np.int64) - 719_163).astype("datetime64[D]")
+    return as_dates.astype("datetime64[M]").astype(np.int64)
+
+
+def period_label(number: int, interval: Interval) -> str:
+    """The local date the period ``number`` (from ``period_number``) starts on."""
+    if interval == "day":
+        return dt.date.fromordinal(number).isoformat()
+    if interval == "week":
+        return dt.date.fromordinal(number * 7 + 1).isoformat()
+    year, month = divmod(number, 12)
+    return dt.date(1970 + year, month + 1, 1).isoformat()
+
+
+def period_first_day(number: int, interval: Interval) -> dt.date:
+    return dt.date.fromisoformat(period_label(number, interval))
