@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.engine import make_url
 
+from control_plane.identity.secrets import key_file
 from control_plane.settings import Settings
 from data_plane.contract.tokens import public_key_text
 from kernel.errors import ConfigError
@@ -34,17 +34,13 @@ def _from_text(text: str, origin: str) -> Ed25519PrivateKey:
 
 
 def _embedded(path: Path) -> Ed25519PrivateKey:
-    """Read the key file, creating it (owner-only) on first use; a concurrent creator wins the race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    """Read the key file, creating it (owner-only) on first use."""
+
+    def generate() -> bytes:
         seed = Ed25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(base64.urlsafe_b64encode(seed) + b"\n")
-    return _from_text(path.read_text(), str(path))
+        return base64.urlsafe_b64encode(seed)
+
+    return _from_text(key_file(path, generate).decode(), str(path))
 
 
 def signing_key(settings: Settings) -> Ed25519PrivateKey:

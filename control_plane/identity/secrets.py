@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import secrets
+from collections.abc import Callable
+from pathlib import Path
 
 import anyio.to_thread
 from argon2 import PasswordHasher
@@ -71,3 +74,20 @@ def previous_after_rotation(
 def still_valid(current_hash: str, previous_valid_until: dt.datetime | None, digest: str, now: dt.datetime) -> bool:
     """A digest matched either the current secret, or the previous one inside its grace period."""
     return digest == current_hash or (previous_valid_until is not None and previous_valid_until > now)
+
+
+def key_file(path: Path, generate: Callable[[], bytes]) -> bytes:
+    """The key kept in ``path`` (stripped), created owner-only with ``generate()`` on first use.
+
+    For the embedded single-host setup only. Two processes racing to create it: the first
+    creator wins and both read its key.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(generate().strip() + b"\n")
+    return path.read_bytes().strip()

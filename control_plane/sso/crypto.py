@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import make_url
 
+from control_plane.identity.secrets import key_file
 from control_plane.settings import Settings
 from kernel.errors import ConfigError, Unavailable
 
@@ -55,16 +55,8 @@ def _parse_keys(value: str) -> list[bytes]:
 
 
 def _embedded_key(path: Path) -> bytes:
-    """Read the key file, creating it (owner-only) on first use; a concurrent creator wins the race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(Fernet.generate_key() + b"\n")
-    key = path.read_bytes().strip()
+    """Read the key file, creating it (owner-only) on first use."""
+    key = key_file(path, Fernet.generate_key)
     try:
         Fernet(key)
     except (ValueError, TypeError):
