@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import msgspec
 import pyarrow.parquet as pq
 import pytest
@@ -68,6 +69,11 @@ def cell(settings, world, tmp_path, request: pytest.FixtureRequest) -> Iterator[
         HttpConfigFetcher(control_plane.url, SECRET, timeout=1), cell_settings.config_cache_path, interval=0.2
     )
     server = LiveServer(create_cell_app(cell_settings, keeper, LogStream(stream_path))).start()
+    # Ready once the first config arrived: a test's first request must not race the first pull.
+    deadline = time.monotonic() + 15
+    while httpx.get(f"{server.url}/ready", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the cell never got its config from the control plane"
+        time.sleep(0.05)
     yield Cell(control_plane, server, stream_path, server.url, cell_settings)
     server.stop()
     control_plane.stop()
