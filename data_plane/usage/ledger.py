@@ -30,6 +30,9 @@ OutcomeKind = Literal["written", "duplicate", "dead_lettered"]
 MAX_KEYS_PER_RECORD = 5_000
 # Entry ids are remembered this long to count each entry once; far longer than any redelivery.
 COUNTED_RETENTION = dt.timedelta(days=8)
+# A closed hour's user rows are kept this long after they were reported to the control plane,
+# which keeps the distinct users of the whole period; the ledger does not need them after that.
+USER_ROWS_RETENTION = dt.timedelta(hours=2)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage_hours (
@@ -94,7 +97,8 @@ class Outcome(NamedTuple):
 
 @dataclass(frozen=True)
 class HourCounts:
-    """One tenant-hour of the ledger. ``dead_lettered`` is net of replays."""
+    """One tenant-hour of the ledger. ``dead_lettered`` is net of replays; ``users`` counts the
+    hour's distinct users while their rows are kept (``USER_ROWS_RETENTION`` after reporting)."""
 
     tenant_id: str
     hour: dt.datetime
@@ -307,12 +311,19 @@ class UsageLedger:
     # --- housekeeping ----------------------------------------------------------------------
 
     async def purge(self, now: dt.datetime | None = None) -> int:
-        """Forget entry ids counted more than ``COUNTED_RETENTION`` ago; returns how many."""
-        cutoff = int(((now or dt.datetime.now(dt.UTC)) - COUNTED_RETENTION).timestamp())
+        """Forget entry ids counted more than ``COUNTED_RETENTION`` ago, and the user rows of hours
+        that ended over ``USER_ROWS_RETENTION`` ago once reported (nothing is added to a closed hour:
+        ingestion counts in the hour of ``receivedAt``); returns how many rows went."""
+        moment = now or dt.datetime.now(dt.UTC)
+        cutoff = int((moment - COUNTED_RETENTION).timestamp())
+        closed = _epoch(moment - USER_ROWS_RETENTION)
 
         def purge(conn: sqlite3.Connection) -> int:
             with transaction(conn):
-                return conn.execute("DELETE FROM usage_counted WHERE at < ?", (cutoff,)).rowcount
+                gone = conn.execute("DELETE FROM usage_counted WHERE at < ?", (cutoff,)).rowcount
+                return (
+                    gone + conn.execute("DELETE FROM usage_users WHERE reported = 1 AND hour < ?", (closed,)).rowcount
+                )
 
         return await self._db.run(purge, "purge")
 

@@ -107,3 +107,25 @@ def test_many_users_are_split_into_bounded_records(tmp_path):
         await ledger.close()
 
     asyncio.run(scenario())
+
+
+def test_purge_drops_reported_user_rows_of_closed_hours_only(tmp_path):
+    async def scenario() -> None:
+        ledger = UsageLedger(tmp_path / "usage.db")
+        old, recent = AT - dt.timedelta(hours=5), AT
+        await ledger.accepted("t1", old, 2, {"a", "b"})
+        await ledger.confirm([r.id for r in await ledger.take_reports()])  # reported: a and b of the old hour
+        await ledger.accepted("t1", old, 1, {"c"})  # not reported yet: must stay
+        await ledger.accepted("t1", recent, 1, {"d"})
+        await ledger.confirm([r.id for r in await ledger.take_reports()])  # reports c and d
+        await ledger.accepted("t1", old, 1, {"e"})  # unreported again
+        assert await ledger.purge(now=AT + dt.timedelta(minutes=30)) == 3  # a, b, c
+        hours = {h.hour: h for h in await ledger.hours("t1")}
+        assert hours[dt.datetime(2026, 5, 4, 8, tzinfo=dt.UTC)].users == 1  # e, still to report
+        assert hours[dt.datetime(2026, 5, 4, 13, tzinfo=dt.UTC)].users == 1  # the current hour keeps d
+        assert hours[dt.datetime(2026, 5, 4, 8, tzinfo=dt.UTC)].accepted == 4  # counts are untouched
+        [record] = [r for r in await ledger.take_reports() if r.metric == "tracked_users"]
+        assert record.keys == ["e"]
+        await ledger.close()
+
+    asyncio.run(scenario())
