@@ -1,4 +1,9 @@
-"""The accepted event: what ingestion appends to the stream and every sink reads."""
+"""The accepted event: what ingestion appends to the stream and every sink reads.
+
+A stream entry carries the events of one request that fall in one partition, as a JSON array
+(``encode_entry``); entries written before batching carry one JSON object. ``decode_entry``
+reads both, so a stream written by an older cell drains unchanged.
+"""
 
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class Event(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
+_entry_decoder = msgspec.json.Decoder(list[Event] | Event)
 
 
 def encode_event(event: Event) -> bytes:
@@ -53,3 +59,17 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(payload: bytes) -> Event:
     return _decoder.decode(payload)
+
+
+def encode_entry(events: list[Event]) -> bytes:
+    """One stream entry's payload: the events, in order, as one JSON array."""
+    return _encoder.encode(events)
+
+
+def decode_entry(payload: bytes) -> list[Event]:
+    """The events of one stream entry: a JSON array, or one object (entries of older cells).
+
+    Raises ``msgspec.DecodeError`` / ``ValidationError`` for a payload that is neither.
+    """
+    decoded = _entry_decoder.decode(payload)
+    return decoded if isinstance(decoded, list) else [decoded]

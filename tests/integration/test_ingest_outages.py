@@ -68,14 +68,14 @@ def test_stream_down_answers_503_then_recovers(settings, world, tmp_path, backen
         redis.wait()
 
     async def on_stream() -> set[str]:
-        from data_plane.events import decode_event
+        from data_plane.events import decode_entry
 
         reader = RedisStream(f"redis://127.0.0.1:{port}/0", partitions=4)
         found: set[str] = set()
         redis2 = start_redis(binary, port, tmp_path)
         try:
             while entries := await reader.read("check", "c", count=1000):
-                found |= {decode_event(e.payload).message_id for e in entries}
+                found |= {ev.message_id for e in entries for ev in decode_entry(e.payload)}
         finally:
             await reader.close()
             redis2.kill()

@@ -17,7 +17,7 @@ import pytest
 from control_plane.app import create_app
 from data_plane.app import create_cell_app
 from data_plane.contract.keeper import ConfigKeeper, HttpConfigFetcher
-from data_plane.events import Event, decode_event
+from data_plane.events import Event, decode_entry
 from data_plane.pipeline.worker import GROUP, create_worker
 from data_plane.settings import CellSettings
 from data_plane.stream.log import LogStream
@@ -43,7 +43,7 @@ class Cell:
             found: list[Event] = []
             try:
                 while batch := await reader.read(group, "t", count=5000):
-                    found += [decode_event(entry.payload) for entry in batch]
+                    found += [event for entry in batch for event in decode_entry(entry.payload)]
             finally:
                 await reader.close()
             return found
