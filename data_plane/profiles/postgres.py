@@ -6,11 +6,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.schema import CreateSchema, DropSchema
 
+from data_plane.profiles.bulk import Bulk, PostgresBulk
 from data_plane.profiles.models import identities, metadata
 from data_plane.profiles.sql import SqlProfileStore, json_deserializer, json_serializer
 from data_plane.profiles.tenants import check_tenant_id, schema_name
@@ -32,6 +34,7 @@ class PostgresProfileStore(SqlProfileStore):
     """
 
     driver = "postgres"
+    _driver_errors = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
     def __init__(self, url: str, **engine_options: Any) -> None:
         super().__init__()
@@ -91,6 +94,9 @@ class PostgresProfileStore(SqlProfileStore):
                     table = f"{conn.dialect.identifier_preparer.quote_schema(schema)}.{identities.name}"
                     await conn.exec_driver_sql(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
                 yield conn
+
+    async def _bulk(self, tenant_id: str, conn: AsyncConnection) -> Bulk:
+        return PostgresBulk((await conn.get_raw_connection()).driver_connection, schema_name(tenant_id))
 
     async def ensure_tenant(self, tenant_id: str) -> None:
         check_tenant_id(tenant_id)

@@ -27,18 +27,10 @@ from data_plane.pipeline.identity import (
     Resolution,
     plan,
 )
-from data_plane.profiles.models import (
-    EVENT_TYPES,
-    applied_messages,
-    identities,
-    merges,
-    profile_sessions,
-    profiles,
-    redirects,
-    relinks,
-)
+from data_plane.profiles.bulk import Bulk
+from data_plane.profiles.models import EVENT_TYPES, applied_messages, identities, merges, profiles, redirects, relinks
 from data_plane.profiles.schemas import MergeRecord, Profile, ProfilePage, RelinkRecord
-from data_plane.profiles.state import ProfileState, from_us, to_us
+from data_plane.profiles.state import ProfileState
 from data_plane.profiles.tenants import check_tenant_id
 from kernel.errors import Unavailable, ValidationFailed
 from kernel.pagination import MAX_LIMIT
@@ -85,40 +77,6 @@ def _storable(event: Event) -> None:
 # --- rows <-> values ----------------------------------------------------------------------------
 
 
-def _state_from_row(row: Any) -> ProfileState:
-    return ProfileState(
-        profile_id=row.profile_id,
-        user_id=row.user_id,
-        traits=row.traits,
-        groups=row.groups,
-        first_seen_us=to_us(row.first_seen),
-        last_seen_us=to_us(row.last_seen),
-        counts={kind: getattr(row, f"{kind}_count") for kind in EVENT_TYPES},
-        last_location=row.last_location,
-        last_device=row.last_device,
-        last_ip=row.last_ip,
-        stamps=row.stamps,
-    )
-
-
-def _row_from_state(state: ProfileState) -> dict[str, Any]:
-    assert state.first_seen_us is not None and state.last_seen_us is not None, "a profile always has an event"
-    return {
-        "profile_id": state.profile_id,
-        "user_id": state.user_id,
-        "traits": state.traits,
-        "groups": state.groups,
-        "first_seen": from_us(state.first_seen_us),
-        "last_seen": from_us(state.last_seen_us),
-        "event_count": state.event_count,
-        **{f"{kind}_count": state.counts.get(kind, 0) for kind in EVENT_TYPES},
-        "last_location": state.last_location,
-        "last_device": state.last_device,
-        "last_ip": state.last_ip,
-        "stamps": state.stamps,
-    }
-
-
 def _profile(row: Any, ids: Iterable[tuple[str, str]]) -> Profile:
     users, anons = [], []
     for kind, identifier in ids:
@@ -163,21 +121,20 @@ def _decode_cursor(cursor: str) -> str:
 
 
 class _Batch:
-    """A unit of work over one tenant's tables inside one write transaction.
+    """A unit of work over one tenant's tables inside one write transaction, set-based per table.
 
-    ``load`` reads, in a few set-based queries, every row the batch's events can need: applied
-    message ids, the identities of every identifier the events name, those profiles' user ids and
-    aggregates. ``run`` then plans and applies each event in memory, in order, exactly as
-    ``IdentityGraph`` would; ``flush`` writes the outcome. Rows the batch did not load but a merge
-    must move (other identifiers of a merged-away profile, older redirects) are moved by set-based
-    UPDATEs, in merge order, before the loaded rows are written with their final values.
+    ``load`` reads in a handful of statements every row the batch's events can need: applied
+    message ids, the identities of every identifier the events name with those profiles' user ids
+    (one statement), the profiles' aggregates. ``run`` then plans and applies each event in memory,
+    in order, exactly as ``IdentityGraph`` would; ``flush`` writes the outcome, one statement per
+    table. Rows the batch did not load but a merge must move (other identifiers of a merged-away
+    profile, older redirects) are moved first, straight to the profile each merge chain ends in.
     """
 
-    def __init__(self, tenant_id: str, conn: AsyncConnection) -> None:
-        self.tenant_id, self.conn = tenant_id, conn
+    def __init__(self, tenant_id: str, conn: AsyncConnection, bulk: Bulk) -> None:
+        self.tenant_id, self.conn, self.bulk = tenant_id, conn, bulk
         self.applied: dict[str, Resolution] = {}
         self.owner: dict[Key, str] = {}
-        self.stored_keys: set[Key] = set()
         self.users: dict[str, set[str]] = {}
         self.profiles: dict[str, ProfileState] = {}
         self.stored_profiles: set[str] = set()
@@ -186,97 +143,102 @@ class _Batch:
         self.deleted: builtins.list[str] = []
         self.merges: builtins.list[Merge] = []
         self.relinks: builtins.list[Relink] = []
-        self.new_applied: builtins.list[dict[str, Any]] = []
+        self.new_applied: builtins.list[tuple[str, str, dt.datetime]] = []
 
     async def load(self, events: Sequence[Event]) -> None:
         await self._load_applied(events)
-        conn = self.conn
         keys: dict[Key, None] = {}
         for event in events:
             if event.message_id not in self.applied:
                 keys.update(dict.fromkeys(Identifiers.of(event).keys()))
-        i = identities
-        for kind in ("user", "anonymous"):
-            for chunk in _chunks(identifier for k, identifier in keys if k == kind):
-                query = sa.select(i.c.identifier, i.c.profile_id).where(i.c.kind == kind, i.c.identifier.in_(chunk))
-                for identifier, profile_id in await conn.execute(query):
-                    self.owner[(kind, identifier)] = profile_id
-        self.stored_keys = set(self.owner)
-        involved = set(self.owner.values())
-        for profile_id in involved:
-            self.users[profile_id] = set()
-        for chunk in _chunks(sorted(involved)):
-            query = sa.select(i.c.identifier, i.c.profile_id).where(i.c.kind == "user", i.c.profile_id.in_(chunk))
-            for identifier, profile_id in await conn.execute(query):
-                self.users[profile_id].add(identifier)
-            for row in await conn.execute(sa.select(profiles).where(profiles.c.profile_id.in_(chunk))):
-                self.profiles[row.profile_id] = _state_from_row(row)
+        if not keys:
+            return
+        owners, members = await self.bulk.identities(builtins.list(keys))
+        for kind, identifier, profile_id in owners:
+            self.owner[(kind, identifier)] = profile_id  # type: ignore[index]
+            self.users.setdefault(profile_id, set())
+        for identifier, profile_id in members:
+            self.users[profile_id].add(identifier)
+        if not self.users:
+            return
+        for state in await self.bulk.profiles(builtins.list(self.users)):
+            self.profiles[state.profile_id] = state
         self.stored_profiles = set(self.profiles)
-        if missing := involved - self.stored_profiles:
+        if missing := self.users.keys() - self.stored_profiles:
             raise RuntimeError(f"identities point at missing profiles {sorted(missing)[:5]} (a damaged store)")
 
     async def _load_applied(self, events: Sequence[Event]) -> None:
         """Events applied before get back what they got then: their profile, merges and re-links."""
-        conn, t = self.conn, applied_messages
-        found: dict[str, tuple[str, builtins.list[Merge], builtins.list[Relink]]] = {}
-        for chunk in _chunks(dict.fromkeys(e.message_id for e in events)):
-            query = sa.select(t.c.message_id, t.c.profile_id).where(t.c.message_id.in_(chunk))
-            for message_id, profile_id in await conn.execute(query):
-                found[message_id] = (profile_id, [], [])
-        for chunk in _chunks(found):
-            query = sa.select(merges).where(merges.c.message_id.in_(chunk)).order_by(merges.c.seq)
-            for row in await conn.execute(query):
-                found[row.message_id][1].append(
-                    Merge(
-                        tenant_id=self.tenant_id,
-                        from_profile=row.from_profile,
-                        into_profile=row.into_profile,
-                        reason=row.reason,
-                        at=row.at,
-                        message_id=row.message_id,
-                    )
+        found = await self.bulk.applied(builtins.list(dict.fromkeys(e.message_id for e in events)))
+        if not found:
+            return
+        parts: dict[str, tuple[str, builtins.list[Merge], builtins.list[Relink]]] = {
+            message_id: (profile_id, [], []) for message_id, profile_id in found
+        }
+        merged, moved = await self.bulk.history(builtins.list(parts))
+        for source, into, reason, at, message_id in merged:
+            parts[message_id][1].append(  # type: ignore[index]
+                Merge(
+                    tenant_id=self.tenant_id,
+                    from_profile=source,
+                    into_profile=into,
+                    reason=reason,  # type: ignore[arg-type]
+                    at=at,
+                    message_id=message_id,
                 )
-            query = sa.select(relinks).where(relinks.c.message_id.in_(chunk)).order_by(relinks.c.seq)
-            for row in await conn.execute(query):
-                found[row.message_id][2].append(
-                    Relink(
-                        tenant_id=self.tenant_id,
-                        anonymous_id=row.anonymous_id,
-                        from_profile=row.from_profile,
-                        to_profile=row.to_profile,
-                        at=row.at,
-                        message_id=row.message_id,
-                    )
+            )
+        for anonymous_id, source, target, at, message_id in moved:
+            parts[message_id][2].append(  # type: ignore[index]
+                Relink(
+                    tenant_id=self.tenant_id,
+                    anonymous_id=anonymous_id,
+                    from_profile=source,
+                    to_profile=target,
+                    at=at,
+                    message_id=message_id,
                 )
-        self.applied = {message_id: Resolution(*parts) for message_id, parts in found.items()}
+            )
+        self.applied = {message_id: Resolution(*found) for message_id, found in parts.items()}
 
     def run(self, events: Sequence[Event]) -> builtins.list[Resolution]:
         result: builtins.list[Resolution] = []
+        owner, users, profiles = self.owner, self.users, self.profiles
         for event in events:
             done = self.applied.get(event.message_id)
             if done is not None:
                 result.append(done)
                 continue
             ids = Identifiers.of(event)
-            known = {key: Known(p, frozenset(self.users[p])) for key in ids.keys() if (p := self.owner.get(key))}
-            outcome = plan(
-                self.tenant_id, ids, known, at=event.timestamp, message_id=event.message_id, alias=event.type == "alias"
-            )
-            if outcome is None:
-                raise ValueError(f"event {event.message_id!r} names nobody: it needs a user id or an anonymous id")
-            for change in outcome.changes:
-                self._change(change)
-            self.profiles[outcome.profile_id].add(event)
-            self.dirty_profiles[outcome.profile_id] = None
-            resolution = Resolution(
-                outcome.profile_id,
-                [c for c in outcome.changes if isinstance(c, Merge)],
-                [c for c in outcome.changes if isinstance(c, Relink)],
-            )
+            keys = ids.keys()
+            found = {owner.get(key) for key in keys}
+            if len(found) == 1 and None not in found:
+                # Every identifier is known and on one profile: ``plan`` changes nothing then.
+                profile_id: str = found.pop()  # type: ignore[assignment]
+                resolution = Resolution(profile_id, [], [])
+            else:
+                known = {key: Known(p, frozenset(users[p])) for key in keys if (p := owner.get(key))}
+                outcome = plan(
+                    self.tenant_id,
+                    ids,
+                    known,
+                    at=event.timestamp,
+                    message_id=event.message_id,
+                    alias=event.type == "alias",
+                )
+                if outcome is None:
+                    raise ValueError(f"event {event.message_id!r} names nobody: it needs a user id or an anonymous id")
+                for change in outcome.changes:
+                    self._change(change)
+                profile_id = outcome.profile_id
+                resolution = Resolution(
+                    profile_id,
+                    [c for c in outcome.changes if isinstance(c, Merge)],
+                    [c for c in outcome.changes if isinstance(c, Relink)],
+                )
+            profiles[profile_id].add(event)
+            self.dirty_profiles[profile_id] = None
             self.applied[event.message_id] = resolution
-            self.new_applied.append(
-                {"message_id": event.message_id, "profile_id": outcome.profile_id, "received_at": event.received_at}
-            )
+            self.new_applied.append((event.message_id, profile_id, event.received_at))
             result.append(resolution)
         return result
 
@@ -309,79 +271,41 @@ class _Batch:
             self.relinks.append(change)  # the Attach that follows moves the anonymous id
 
     async def flush(self) -> None:
-        """Write the batch. Merges first, in order, as set-based moves of rows the batch never loaded;
-        then the loaded identities and profiles with their final values. Profile rows go last."""
-        conn, i = self.conn, identities
-        for merge in self.merges:
-            source, into = merge.from_profile, merge.into_profile
-            await conn.execute(sa.update(i).where(i.c.profile_id == source).values(profile_id=into))
-            await conn.execute(sa.update(redirects).where(redirects.c.into_profile == source).values(into_profile=into))
-            await conn.execute(sa.insert(redirects).values(profile_id=source, into_profile=into))
+        """Write the batch: merges first, as set-based moves of rows the batch never loaded, then
+        the history, the loaded identities with their final values, applied messages; profile rows last."""
+        bulk = self.bulk
         if self.merges:
-            await conn.execute(
-                sa.insert(merges),
-                [
-                    {
-                        "from_profile": m.from_profile,
-                        "into_profile": m.into_profile,
-                        "reason": m.reason,
-                        "at": m.at,
-                        "message_id": m.message_id,
-                    }
-                    for m in self.merges
-                ],
+            into = {m.from_profile: m.into_profile for m in self.merges}
+            moves = []
+            for source, target in into.items():
+                while target in into:  # merged again later in the batch: go to where the chain ends
+                    target = into[target]
+                moves.append((source, target))
+            await bulk.move(moves)
+            await bulk.insert_merges(
+                [(m.from_profile, m.into_profile, m.reason, m.at, m.message_id) for m in self.merges]
             )
         if self.relinks:
-            await conn.execute(
-                sa.insert(relinks),
-                [
-                    {
-                        "anonymous_id": r.anonymous_id,
-                        "from_profile": r.from_profile,
-                        "to_profile": r.to_profile,
-                        "at": r.at,
-                        "message_id": r.message_id,
-                    }
-                    for r in self.relinks
-                ],
+            await bulk.insert_relinks(
+                [(r.anonymous_id, r.from_profile, r.to_profile, r.at, r.message_id) for r in self.relinks]
             )
         await self._write_identities()
         if self.new_applied:
-            await conn.execute(sa.insert(applied_messages), self.new_applied)
+            await bulk.insert_applied(self.new_applied)
         await self._write_profiles()
 
     async def _write_identities(self) -> None:
-        conn, i = self.conn, identities
-        moved = [
-            {"b_kind": kind, "b_identifier": identifier, "profile_id": self.owner[(kind, identifier)]}
-            for kind, identifier in self.dirty_keys
-            if (kind, identifier) in self.stored_keys
-        ]
-        added = [
-            {"kind": kind, "identifier": identifier, "profile_id": self.owner[(kind, identifier)]}
-            for kind, identifier in self.dirty_keys
-            if (kind, identifier) not in self.stored_keys
-        ]
-        if moved:
-            where = (i.c.kind == sa.bindparam("b_kind")) & (i.c.identifier == sa.bindparam("b_identifier"))
-            await conn.execute(sa.update(i).where(where), moved)
-        if added:
-            await conn.execute(sa.insert(i), added)
+        if self.dirty_keys:
+            owner = self.owner
+            await self.bulk.upsert_identities(
+                [(kind, identifier, owner[(kind, identifier)]) for kind, identifier in self.dirty_keys]
+            )
 
     async def _write_profiles(self) -> None:
-        conn, p = self.conn, profiles
-        gone = [profile_id for profile_id in self.deleted if profile_id in self.stored_profiles]
-        for chunk in _chunks(gone):
-            await conn.execute(sa.delete(p).where(p.c.profile_id.in_(chunk)))
-        rows = [_row_from_state(self.profiles[profile_id]) for profile_id in self.dirty_profiles]
-        added = [row for row in rows if row["profile_id"] not in self.stored_profiles]
-        changed = [
-            {**row, "b_profile_id": row["profile_id"]} for row in rows if row["profile_id"] in self.stored_profiles
-        ]
-        if added:
-            await conn.execute(sa.insert(p), added)
-        if changed:
-            await conn.execute(sa.update(p).where(p.c.profile_id == sa.bindparam("b_profile_id")), changed)
+        if gone := [profile_id for profile_id in self.deleted if profile_id in self.stored_profiles]:
+            await self.bulk.delete_profiles(gone)
+        if self.dirty_profiles:
+            await self.bulk.upsert_profiles([self.profiles[profile_id] for profile_id in self.dirty_profiles])
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -412,6 +336,13 @@ class SqlProfileStore:
     def _forget(self, tenant_id: str) -> None:
         """Drop cached knowledge of the tenant's storage after an error (another process may have dropped it)."""
 
+    async def _bulk(self, tenant_id: str, conn: AsyncConnection) -> Bulk:
+        """The set-based statements of the driver's dialect, on ``conn``'s own driver connection."""
+        raise NotImplementedError
+
+    # The driver's own exceptions (statements of ``_bulk`` do not pass through SQLAlchemy).
+    _driver_errors: tuple[type[BaseException], ...] = ()
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _lock(self, tenant_id: str) -> asyncio.Lock:
@@ -425,7 +356,7 @@ class SqlProfileStore:
         """Translate the driver's connection and I/O failures into ``Unavailable`` (retryable)."""
         try:
             yield
-        except (DBAPIError, OSError, TimeoutError) as exc:
+        except (DBAPIError, OSError, TimeoutError, *self._driver_errors) as exc:
             # NOTE: data a driver cannot store is refused before any write (``_storable``), so what
             # reaches here is the database being down, locked too long or changed under us (a schema
             # dropped by another process): all worth retrying, after re-checking the storage.
@@ -455,7 +386,7 @@ class SqlProfileStore:
         async with self._lock(tenant_id), self._guard(tenant_id, "apply events"):
             async with self._transaction(tenant_id, write=True) as conn:
                 assert conn is not None
-                batch = _Batch(tenant_id, conn)
+                batch = _Batch(tenant_id, conn, await self._bulk(tenant_id, conn))
                 await batch.load(events)
                 result = batch.run(events)
                 await batch.flush()
@@ -465,15 +396,10 @@ class SqlProfileStore:
         check_tenant_id(tenant_id)
         if not states:
             return
-        t = profile_sessions
         async with self._lock(tenant_id), self._guard(tenant_id, "save sessions"):
             async with self._transaction(tenant_id, write=True) as conn:
                 assert conn is not None
-                for chunk in _chunks(states):
-                    await conn.execute(sa.delete(t).where(t.c.profile_id.in_(chunk)))
-                rows = [{"profile_id": p, "state": state} for p, state in states.items() if state is not None]
-                if rows:
-                    await conn.execute(sa.insert(t), rows)
+                await (await self._bulk(tenant_id, conn)).save_sessions(states)
 
     async def purge_applied(self, tenant_id: str, received_before: dt.datetime) -> int:
         async with self._reading(tenant_id, "purge applied messages") as probe:
@@ -507,17 +433,12 @@ class SqlProfileStore:
         return [_profile(row, ids[row.profile_id]) for row in rows]
 
     async def load_sessions(self, tenant_id: str, profile_ids: Sequence[str]) -> dict[str, bytes]:
-        found: dict[str, bytes] = {}
+        if not profile_ids:
+            return {}
         async with self._reading(tenant_id, "read sessions") as conn:
             if conn is None:
-                return found
-            t = profile_sessions
-            for chunk in _chunks(profile_ids):
-                for profile_id, state in await conn.execute(
-                    sa.select(t.c.profile_id, t.c.state).where(t.c.profile_id.in_(chunk))
-                ):
-                    found[profile_id] = bytes(state)
-        return found
+                return {}
+            return dict(await (await self._bulk(tenant_id, conn)).load_sessions(profile_ids))
 
     async def get(self, tenant_id: str, profile_id: str) -> Profile | None:
         async with self._reading(tenant_id, "read a profile") as conn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from data_plane.profiles.bulk import Bulk, SqliteBulk
 from data_plane.profiles.models import metadata
 from data_plane.profiles.sql import SqlProfileStore, json_deserializer, json_serializer
 from data_plane.profiles.tenants import sqlite_path, tenant_dir
@@ -58,6 +60,7 @@ class SqliteProfileStore(SqlProfileStore):
     """
 
     driver = "sqlite"
+    _driver_errors = (sqlite3.Error,)
 
     def __init__(self, root: str | Path) -> None:
         super().__init__()
@@ -101,6 +104,9 @@ class SqliteProfileStore(SqlProfileStore):
             await conn.execution_options(**{_BEGIN: "BEGIN IMMEDIATE" if write else "BEGIN"})
             async with conn.begin():
                 yield conn
+
+    async def _bulk(self, tenant_id: str, conn: AsyncConnection) -> Bulk:
+        return SqliteBulk((await conn.get_raw_connection()).driver_connection)
 
     async def ensure_tenant(self, tenant_id: str) -> None:
         async with self._guard(tenant_id, "create storage"):
