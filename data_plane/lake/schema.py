@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_plane.events import Event
-from data_plane.lake.layout import as_utc
 
 SCHEMA_VERSION = "1"
 COMPRESSION = "zstd"
@@ -89,39 +88,44 @@ def _revenue(event: Event) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _utc_or_none(moment: dt.datetime | None) -> dt.datetime | None:
-    return None if moment is None else as_utc(moment)
+def _timestamps(values: list[dt.datetime | None]) -> pa.Array:
+    """Aware datetimes become their UTC instant; naive ones are taken to be UTC already (as ``as_utc``)."""
+    return pa.array(values, _TIMESTAMP)
+
+
+def _json_column(values: list[dict[str, Any]]) -> pa.Array:
+    return pa.array([_encode_json(value) for value in values], pa.binary()).cast(pa.string())
 
 
 def to_table(events: Sequence[Event]) -> pa.Table:
-    """The events as rows of ``EVENT_SCHEMA``, in the given order."""
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    for event in events:
-        row = {
-            "message_id": event.message_id,
-            "tenant_id": event.tenant_id,
-            "source_id": event.source_id,
-            "type": event.type,
-            "event": event.event,
-            "name": event.name,
-            "user_id": event.user_id,
-            "anonymous_id": event.anonymous_id,
-            "group_id": event.group_id,
-            "previous_id": event.previous_id,
-            "timestamp": as_utc(event.timestamp),
-            "original_timestamp": _utc_or_none(event.original_timestamp),
-            "sent_at": _utc_or_none(event.sent_at),
-            "received_at": as_utc(event.received_at),
-            "properties": _json(event.properties),
-            "traits": _json(event.traits),
-            "context": _json(event.context),
-            "integrations": _json(event.integrations),
-            "session_id": _session_id(event),
-            "revenue": _revenue(event),
-        }
-        for name in COLUMNS:
-            columns[name].append(row[name])
-    return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+    """The events as rows of ``EVENT_SCHEMA``, in the given order, built column by column."""
+
+    def column(name: str) -> list[Any]:
+        return [getattr(event, name) for event in events]
+
+    arrays = {
+        "message_id": pa.array(column("message_id"), pa.string()),
+        "tenant_id": pa.array(column("tenant_id"), pa.string()),
+        "source_id": pa.array(column("source_id"), pa.string()),
+        "type": pa.array(column("type"), pa.string()),
+        "event": pa.array(column("event"), pa.string()),
+        "name": pa.array(column("name"), pa.string()),
+        "user_id": pa.array(column("user_id"), pa.string()),
+        "anonymous_id": pa.array(column("anonymous_id"), pa.string()),
+        "group_id": pa.array(column("group_id"), pa.string()),
+        "previous_id": pa.array(column("previous_id"), pa.string()),
+        "timestamp": _timestamps(column("timestamp")),
+        "original_timestamp": _timestamps(column("original_timestamp")),
+        "sent_at": _timestamps(column("sent_at")),
+        "received_at": _timestamps(column("received_at")),
+        "properties": _json_column(column("properties")),
+        "traits": _json_column(column("traits")),
+        "context": _json_column(column("context")),
+        "integrations": _json_column(column("integrations")),
+        "session_id": pa.array([_session_id(event) for event in events], pa.string()),
+        "revenue": pa.array([_revenue(event) for event in events], pa.float64()),
+    }
+    return pa.Table.from_arrays([arrays[name] for name in COLUMNS], schema=EVENT_SCHEMA)
 
 
 _OPTIONAL = ("original_timestamp", "sent_at", "event", "name", "user_id", "anonymous_id", "group_id", "previous_id")

@@ -64,6 +64,7 @@ class LakeWriter:
         self.max_age_s = max_age_s
         self._clock = clock
         self._open: dict[Partition, _Batch] = {}
+        self._slots_open: dict[tuple[str, int, int, int, int], _Batch] = {}
         self._retry: list[_Batch] = []
         self._durable: list[str] = []
         self._flushing = asyncio.Lock()
@@ -71,10 +72,16 @@ class LakeWriter:
 
     def add(self, event: Event, stream_id: str) -> None:
         """Buffer one delivery. ``ValueError`` when the event's tenant id cannot name a lake path."""
-        partition = Partition.of(event.tenant_id, event.timestamp)
-        batch = self._open.get(partition)
+        utc = as_utc(event.timestamp)
+        # Looked up by a plain tuple: building (and checking) a Partition per event costs more.
+        slot = (event.tenant_id, utc.year, utc.month, utc.day, utc.hour)
+        batch = self._slots_open.get(slot)
         if batch is None:
-            batch = self._open[partition] = _Batch(partition, self._clock())
+            partition = Partition(event.tenant_id, utc.date(), utc.hour)
+            batch = self._open.get(partition)
+            if batch is None:
+                batch = self._open[partition] = _Batch(partition, self._clock())
+            self._slots_open[slot] = batch
         if stream_id in batch.deliveries:
             return
         kept = batch.events.get(event.message_id)
@@ -109,7 +116,7 @@ class LakeWriter:
         """
         async with self._flushing:
             batches = [*self._retry, *self._open.values()]
-            self._retry, self._open = [], {}
+            self._retry, self._open, self._slots_open = [], {}, {}
             try:
                 results = await asyncio.gather(*(self._write(batch) for batch in batches), return_exceptions=True)
             except BaseException:

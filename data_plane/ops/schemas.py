@@ -27,15 +27,20 @@ class Reconciliation(msgspec.Struct, kw_only=True):
 
 
 class DeadLetterView(msgspec.Struct, kw_only=True):
+    """One dead letter: the failed events of one stream entry (often one event), replayed together.
+    ``message_id`` is the first event's, ``message_ids`` every event's (empty when undecodable)."""
+
     id: str
     tenant_id: str
     message_id: str | None
+    message_ids: list[str]
     received_at: dt.datetime
     reason: str
     deliveries: int
     dead_lettered_at: dt.datetime
     entry_id: str
-    # The event as it was accepted (a string when it no longer decodes).
+    # The events as they were accepted: a list of events (one object for entries of older cells),
+    # or a string when the payload no longer decodes.
     payload: Any
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from data_plane.events import decode_event
+from data_plane.events import decode_entry
 from data_plane.lake.store import ObjectStore
 from data_plane.ops import schemas
 from data_plane.stream.port import DeadLetter, Stream
@@ -18,13 +18,14 @@ from data_plane.usage.reconcile import reconcile
 MAX_DEAD_LETTERS = 1000
 
 
-def _origin(letter: DeadLetter) -> tuple[str, dt.datetime, str | None]:
-    """(tenant, received_at, message_id) of a dead letter; its stamps when the payload does not decode."""
+def _origins(letter: DeadLetter) -> list[tuple[str, dt.datetime, str | None]]:
+    """(tenant, received_at, message_id) of each event of a dead letter; one entry stamped with the
+    letter's own key and time when the payload does not decode."""
     try:
-        event = decode_event(letter.payload)
+        events = decode_entry(letter.payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        return letter.partition_key.split("/", 1)[0], letter.dead_lettered_at, None
-    return event.tenant_id, event.received_at, event.message_id
+        return [(letter.partition_key.split("/", 1)[0], letter.dead_lettered_at, None)]
+    return [(event.tenant_id, event.received_at, event.message_id) for event in events]
 
 
 class Operations:
@@ -56,22 +57,23 @@ class Operations:
     async def dead_letters(self, tenant_id: str | None, limit: int) -> list[schemas.DeadLetterView]:
         views = []
         for letter in await self.stream.dead_letters(MAX_DEAD_LETTERS):
-            tenant, received_at, message_id = _origin(letter)
+            origins = _origins(letter)
+            tenant, received_at, message_id = origins[0]
             if tenant_id is not None and tenant != tenant_id:
                 continue
+            decoded = message_id is not None
             views.append(
                 schemas.DeadLetterView(
                     id=letter.id,
                     tenant_id=tenant,
                     message_id=message_id,
+                    message_ids=[origin[2] for origin in origins if origin[2] is not None],
                     received_at=received_at,
                     reason=letter.reason,
                     deliveries=letter.deliveries,
                     dead_lettered_at=letter.dead_lettered_at,
                     entry_id=letter.entry_id,
-                    payload=msgspec.json.decode(letter.payload)
-                    if message_id
-                    else letter.payload.decode(errors="replace"),
+                    payload=msgspec.json.decode(letter.payload) if decoded else letter.payload.decode(errors="replace"),
                 )
             )
             if len(views) >= limit:
@@ -86,8 +88,9 @@ class Operations:
         replayed = await self.stream.replay([letter.id for letter in letters])
         hours: Counter[tuple[str, dt.datetime]] = Counter()
         for letter in letters:
-            tenant, received_at, _ = _origin(letter)
-            hours[(tenant, hour_of(received_at))] += 1
+            # A dead letter may hold several events; each comes back (and is counted) on its own.
+            for tenant, received_at, _ in _origins(letter):
+                hours[(tenant, hour_of(received_at))] += 1
         for (tenant, hour), count in hours.items():
             await self.ledger.replayed(tenant, hour, count)
         return schemas.Replayed(replayed=replayed, unknown=sorted(wanted - {letter.id for letter in letters}))

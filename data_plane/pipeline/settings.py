@@ -36,6 +36,11 @@ class PipelineSettings(msgspec.Struct, kw_only=True, frozen=True):
     session_max_seconds: Seconds = 24 * 3600
     # Entries a worker took and left unacked this long (it died) are taken over by another worker.
     reclaim_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    # This worker's share of the stream's partitions, "i/n" (partition p where p % n == i), so that
+    # n workers split the stream and each user stays with one worker; empty: every partition.
+    worker_shard: Annotated[str, msgspec.Meta(pattern=r"^(\d+/\d+)?$")] = ""
+    # About this many events per stream read (entries are read by count, each holds several events).
+    worker_batch_events: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 4_000
 
 
 def load_pipeline_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> PipelineSettings:

@@ -7,13 +7,13 @@ import datetime as dt
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 import structlog
 
-from data_plane.events import Event, decode_event
+from data_plane.events import Event, decode_entry, decode_event, encode_event
 from data_plane.lake.compactor import Compaction, Compactor
 from data_plane.lake.store import ObjectStore, open_lake_store
 from data_plane.lake.writer import LakeWriter
@@ -37,6 +37,14 @@ from kernel.errors import Unavailable
 log = structlog.get_logger("livora.pipeline")
 
 GROUP = "pipeline"
+# A read asks for about this many events (an entry carries one request's events of one partition).
+DEFAULT_BATCH_EVENTS = 4_000
+# Pending entries of partitions outside a worker's shard are taken over after this many idle
+# periods only: their own worker, restarted, gets the first chance (one user stays in one worker).
+FOREIGN_RECLAIM_FACTOR = 4
+
+# Splits an entry into its events without validating them, to find the one that does not decode.
+_raw_entry = msgspec.json.Decoder(list[msgspec.Raw] | msgspec.Raw)
 
 
 def default_consumer_name() -> str:
@@ -45,7 +53,7 @@ def default_consumer_name() -> str:
 
 @dataclass
 class Stats:
-    """What this worker did since it started (reconciliation counts durable state, not these)."""
+    """What this worker did since it started, in events (reconciliation counts durable state, not these)."""
 
     read: int = 0
     written: int = 0
@@ -54,13 +62,85 @@ class Stats:
     by_reason: Counter[str] = field(default_factory=Counter)
 
 
+def delivery_id(entry_id: str, index: int) -> str:
+    """One event's delivery: its entry's id and its place in the entry.
+
+    Deterministic, so a redelivered entry yields the same ids: the lake writer names files by them,
+    dedup keeps a redelivery of the same delivery, and the ledger counts each outcome once.
+    """
+    return f"{entry_id}#{index}"
+
+
+def entry_of(delivery: str) -> str:
+    return delivery.rpartition("#")[0]
+
+
+def shard_partitions(shard: str, partitions: int) -> list[int] | None:
+    """The partitions of shard ``"i/n"`` (those ``p`` with ``p % n == i``); ``None`` for ``""`` (all).
+
+    ``ValueError`` for anything else, or when the shard would own no partition.
+    """
+    if not shard:
+        return None
+    index, sep, count = shard.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not int(index) < int(count):
+        raise ValueError(f"a worker shard is 'i/n' with 0 <= i < n, got {shard!r}")
+    owned = [p for p in range(partitions) if p % int(count) == int(index)]
+    if not owned:
+        raise ValueError(f"shard {shard!r} owns none of the stream's {partitions} partitions")
+    return owned
+
+
+@dataclass
+class _Poison:
+    """An event of an entry that goes to the dead letters once its good siblings are durable."""
+
+    payload: bytes
+    reason: str
+    tenant_id: str
+    received_at: dt.datetime
+    delivery: str
+    # Set when dedup recorded the event's first sighting under this delivery: released before the
+    # event is dead-lettered, so that a replay of it is not taken for a duplicate.
+    message_id: str | None = None
+
+
+@dataclass
+class _InFlight:
+    """One stream entry being handled. Settled once none of its events waits for the lake: acked,
+    or moved to the dead letters carrying just its poison events."""
+
+    entry: Entry
+    size: int = 0
+    waiting: set[str] = field(default_factory=set)
+    poison: list[_Poison] = field(default_factory=list)
+    # The payload could not even be split into events: it is dead-lettered as it is.
+    unreadable: bool = False
+
+
+def _tenant_of(entry: Entry) -> str:
+    return entry.partition_key.split("/", 1)[0]
+
+
+def _poison_payload(poison: Sequence[_Poison]) -> bytes:
+    """The poison events as one entry payload (a JSON array), which a replay appends as they are."""
+    return b"[" + b",".join(p.payload for p in poison) + b"]"
+
+
 class PipelineWorker:
     """At least once in, exactly once into the lake (and into profiles, which are idempotent per message).
 
-    An entry is acked only when its event is in a Parquet file the lake writer reports durable,
-    or when it is a duplicate of an event already seen, or once it is dead-lettered. A worker
-    killed at any point leaves its entries pending; ``reclaim`` hands them to the next worker, and
-    the lake's deterministic file names plus dedup's delivery rule keep every event exactly once.
+    A stream entry carries several events. Each event has a delivery id (``delivery_id``); the
+    entry is acked only when every one of its events is in a Parquet file the lake writer reports
+    durable, or is a duplicate of an event already seen, or is poison (then the entry moves to the
+    dead letters with just the poison events, after its good ones are durable). A worker killed at
+    any point leaves its entries pending; ``reclaim`` hands them to the next worker, and the lake's
+    deterministic file names plus dedup's delivery rule keep every event exactly once.
+
+    ``partitions``: the stream partitions this worker reads (its shard). One user's events stay in
+    one partition, so workers with disjoint shards never see the same user and keep their order
+    and sessions; pending entries of other partitions are taken over only after
+    ``FOREIGN_RECLAIM_FACTOR`` idle periods (their own worker, restarted, comes first).
     """
 
     def __init__(
@@ -76,6 +156,8 @@ class PipelineWorker:
         group: str = GROUP,
         consumer: str | None = None,
         batch_size: int = 1000,
+        batch_events: int = DEFAULT_BATCH_EVENTS,
+        partitions: Collection[int] | None = None,
         block_ms: int = 200,
         reclaim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
@@ -94,6 +176,8 @@ class PipelineWorker:
         self.group = group
         self.consumer = consumer or default_consumer_name()
         self.batch_size = batch_size
+        self.batch_events = batch_events
+        self.partitions = sorted(partitions) if partitions is not None else None
         self.block_ms = block_ms
         self.reclaim_idle_ms = reclaim_idle_ms
         self.max_deliveries = max_deliveries
@@ -105,124 +189,199 @@ class PipelineWorker:
         # Tenants written lately (monotonic time of the last write): their closed hours get compacted.
         self._recent_tenants: dict[str, float] = {}
         self.stats = Stats()
-        self._reclaimed_at = 0.0
-        # Stream id -> (tenant, received_at) of what sits in the lake writer's buffers.
+        self._reclaimed_at = float("-inf")
+        # The last reclaim came back full: more is waiting, reclaim again on the next step.
+        self._reclaim_more = False
+        # Events per entry lately: a read asks for about ``batch_events`` events.
+        self._entry_events = 1.0
+        # Delivery id -> (tenant, received_at) of what sits in the lake writer's buffers.
         self._buffered: dict[str, tuple[str, dt.datetime]] = {}
-        # Written to the lake, not acked yet (a later step of the flush failed): acked next time.
+        # Written to the lake, not counted and settled yet (a later step of the flush failed).
         self._durable: list[str] = []
+        self._inflight: dict[str, _InFlight] = {}
 
     async def _count(self, outcomes: list[Outcome]) -> None:
         if self.ledger is not None and outcomes:
             await self.ledger.outcomes(outcomes)
 
-    async def _dead_letter(self, entry: Entry, reason: str, event: Event | None = None, *, seen: bool = False) -> None:
-        """Move the entry to the dead-letter store. Counted first (once per entry id, so a crash in
-        between counts it once when the redelivery dead-letters it again). ``seen``: dedup recorded
-        the event's first sighting, released so that a replay of it is not taken for a duplicate."""
-        if event is not None:
-            tenant_id, received_at = event.tenant_id, event.received_at
-        else:
-            tenant_id, received_at = entry.partition_key.split("/", 1)[0], dt.datetime.now(dt.UTC)
-        await self._count([Outcome(entry.id, tenant_id, received_at, "dead_lettered")])
-        if seen and event is not None:
-            await self.dedup.release(event.tenant_id, event.message_id, entry.id)
-        if await self.stream.dead_letter(self.group, entry, reason) is not None:
-            self.stats.dead_lettered += 1
-            self.stats.by_reason[reason.split(":", 1)[0]] += 1
-            log.warning("event_dead_lettered", entry_id=entry.id, tenant_id=tenant_id, reason=reason)
+    # --- reading -----------------------------------------------------------------------------
+
+    def _read_count(self) -> int:
+        return max(1, min(self.batch_size, round(self.batch_events / self._entry_events)))
+
+    async def _reclaim(self, count: int) -> list[Entry]:
+        """Entries a dead (or slow) consumer held: of this worker's shard after ``reclaim_idle_ms``,
+        of any partition after ``FOREIGN_RECLAIM_FACTOR`` times that."""
+        entries = await self.stream.reclaim(
+            self.group, self.consumer, min_idle_ms=self.reclaim_idle_ms, count=count, partitions=self.partitions
+        )
+        if self.partitions is not None and len(entries) < count:
+            entries += await self.stream.reclaim(
+                self.group,
+                self.consumer,
+                min_idle_ms=self.reclaim_idle_ms * FOREIGN_RECLAIM_FACTOR,
+                count=count - len(entries),
+            )
+        return entries
 
     async def _next_entries(self) -> list[Entry]:
         loop = asyncio.get_running_loop()
+        count = self._read_count()
         entries: list[Entry] = []
-        # Entries a dead (or slow) consumer held come back after reclaim_idle_ms.
-        if loop.time() - self._reclaimed_at >= self.reclaim_idle_ms / 1000:
+        # NOTE: while a reclaim comes back full the next step reclaims again, so a dead worker's
+        # backlog drains at the pace of processing instead of one batch per idle period.
+        if self._reclaim_more or loop.time() - self._reclaimed_at >= self.reclaim_idle_ms / 1000:
             self._reclaimed_at = loop.time()
-            entries = await self.stream.reclaim(
-                self.group, self.consumer, min_idle_ms=self.reclaim_idle_ms, count=self.batch_size
-            )
-        if len(entries) < self.batch_size:
+            entries = await self._reclaim(count)
+            # Our own entries still waiting in the lake's buffer do not mean a backlog.
+            self._reclaim_more = sum(entry.id not in self._inflight for entry in entries) >= count
+        if len(entries) < count:
             # Wait for new entries, but not past the moment the lake's buffer is due.
             due_in = self.lake.seconds_until_due()
             block = 0 if entries else self.block_ms if due_in is None else int(min(self.block_ms, due_in * 1000))
             entries += await self.stream.read(
-                self.group, self.consumer, count=self.batch_size - len(entries), block_ms=block
+                self.group, self.consumer, count=count - len(entries), block_ms=block, partitions=self.partitions
             )
         return entries
+
+    def _decode(self, entry: Entry, track: _InFlight) -> list[tuple[str, Event]]:
+        """The entry's events with their delivery ids; undecodable ones become ``track``'s poison."""
+        try:
+            events = decode_entry(entry.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return self._decode_each(entry, track, exc)
+        track.size = len(events)
+        return [(delivery_id(entry.id, index), event) for index, event in enumerate(events)]
+
+    def _decode_each(self, entry: Entry, track: _InFlight, error: Exception) -> list[tuple[str, Event]]:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            decoded = _raw_entry.decode(entry.payload)
+        except msgspec.DecodeError:
+            track.size, track.unreadable = 1, True
+            delivery = delivery_id(entry.id, 0)
+            track.poison.append(_Poison(entry.payload, f"undecodable: {error}", _tenant_of(entry), now, delivery))
+            return []
+        raws = decoded if isinstance(decoded, list) else [decoded]
+        track.size = len(raws)
+        good = []
+        for index, raw in enumerate(raws):
+            delivery = delivery_id(entry.id, index)
+            try:
+                good.append((delivery, decode_event(raw)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                track.poison.append(_Poison(bytes(raw), f"undecodable: {exc}", _tenant_of(entry), now, delivery))
+        return good
+
+    # --- one batch ---------------------------------------------------------------------------
 
     async def step(self) -> int:
         """Process one read's worth of entries; flush the lake when due. Returns entries handled."""
         entries = await self._next_entries()
-        self.stats.read += len(entries)
-        decoded: list[tuple[Entry, Event]] = []
-        for entry in entries:
-            if entry.deliveries > self.max_deliveries:
-                await self._dead_letter(entry, f"too_many_deliveries: {entry.deliveries} attempts")
-                continue
-            try:
-                decoded.append((entry, decode_event(entry.payload)))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self._dead_letter(entry, f"undecodable: {exc}")
-        if decoded:
-            keep = await self.dedup.filter_new(
-                Sighting(event.tenant_id, event.message_id, event.received_at, entry.id) for entry, event in decoded
-            )
-            duplicates = [(entry, event) for (entry, event), new in zip(decoded, keep, strict=True) if not new]
-            if duplicates:
-                await self._count(
-                    [Outcome(entry.id, event.tenant_id, event.received_at, "duplicate") for entry, event in duplicates]
-                )
-                await self.stream.ack(self.group, [entry.id for entry, _ in duplicates])
-                self.stats.duplicates += len(duplicates)
-            await self._process([pair for pair, new in zip(decoded, keep, strict=True) if new])
+        tracks: list[_InFlight] = []
+        try:
+            await self._handle(entries, tracks)
+        except BaseException:
+            # Entries of this read that did not settle stay pending in the stream and come back by
+            # reclaim; forgetting them here lets that happen (events already buffered for the lake
+            # are written and counted once, by delivery id, whichever delivery writes them).
+            for track in tracks:
+                self._inflight.pop(track.entry.id, None)
+            raise
         if self.lake.due():
             await self.flush()
         return len(entries)
 
-    async def _process(self, batch: list[tuple[Entry, Event]]) -> None:
-        enriched: list[tuple[Entry, Event]] = []
-        for entry, event in batch:
+    async def _handle(self, entries: list[Entry], tracks: list[_InFlight]) -> None:
+        items: list[tuple[str, Event]] = []
+        for entry in entries:
+            if entry.id in self._inflight:
+                continue  # ours, reclaimed while its events wait in the lake's buffer
+            if entry.deliveries > self.max_deliveries:
+                await self._give_up(entry, f"too_many_deliveries: {entry.deliveries} attempts")
+                continue
+            track = self._inflight[entry.id] = _InFlight(entry)
+            tracks.append(track)
+            items += self._decode(entry, track)
+        if tracks:
+            events = sum(track.size for track in tracks)
+            self.stats.read += events
+            self._entry_events = 0.7 * self._entry_events + 0.3 * (events / len(tracks))
+        if items:
+            keep = await self.dedup.filter_new(
+                Sighting(event.tenant_id, event.message_id, event.received_at, delivery) for delivery, event in items
+            )
+            duplicates = [(d, event) for (d, event), new in zip(items, keep, strict=True) if not new]
+            if duplicates:
+                await self._count(
+                    [Outcome(d, event.tenant_id, event.received_at, "duplicate") for d, event in duplicates]
+                )
+                self.stats.duplicates += len(duplicates)
+            fresh = [item for item, new in zip(items, keep, strict=True) if new]
+            for delivery, _ in fresh:
+                self._inflight[entry_of(delivery)].waiting.add(delivery)
+            await self._process(fresh)
+        await self._settle([track for track in tracks if not track.waiting])
+
+    def _poison(self, delivery: str, event: Event, reason: str) -> None:
+        """Set one fresh event aside for the dead letters (dedup saw it: release it then)."""
+        track = self._inflight[entry_of(delivery)]
+        track.waiting.discard(delivery)
+        track.poison.append(
+            _Poison(encode_event(event), reason, event.tenant_id, event.received_at, delivery, event.message_id)
+        )
+
+    async def _process(self, batch: list[tuple[str, Event]]) -> None:
+        by_tenant: dict[str, list[tuple[str, Event]]] = {}
+        enrich = self.enricher.enrich
+        for delivery, event in batch:
             try:
-                enriched.append((entry, self.enricher.enrich(event, self.policy_for(event.tenant_id))))
+                enriched = enrich(event, self.policy_for(event.tenant_id))
             except Exception as exc:  # a poison event must not stop the pipeline
-                await self._dead_letter(entry, f"enrichment_failed: {type(exc).__name__}: {exc}", event, seen=True)
-        by_tenant: dict[str, list[tuple[Entry, Event]]] = {}
-        for entry, event in enriched:
-            by_tenant.setdefault(event.tenant_id, []).append((entry, event))
+                self._poison(delivery, event, f"enrichment_failed: {type(exc).__name__}: {exc}")
+                continue
+            by_tenant.setdefault(event.tenant_id, []).append((delivery, enriched))
+        add, buffered = self.lake.add, self._buffered
+        assign, rekey = self.sessions.assign, self.sessions.rekey
         for tenant_id, items in by_tenant.items():
             resolved = await self._resolve(tenant_id, items)
-            await self._load_sessions(tenant_id, [resolution for _, resolution in resolved if resolution is not None])
-            for (entry, event), resolution in resolved:
+            await self._load_sessions(tenant_id, [resolution for _, _, resolution in resolved if resolution])
+            for delivery, event, resolution in resolved:
                 if resolution is not None:
                     for merge in resolution.merges:
-                        self.sessions.rekey(tenant_id, merge.from_profile, merge.into_profile)
-                    context = {**event.context, "profile_id": resolution.profile_id}
-                    event = self.sessions.sessionize(
-                        msgspec.structs.replace(event, context=context), resolution.profile_id
-                    )
-                self.lake.add(event, entry.id)
-                self._buffered[entry.id] = (event.tenant_id, event.received_at)
+                        rekey(tenant_id, merge.from_profile, merge.into_profile)
+                    profile_id = resolution.profile_id
+                    session_id = assign(tenant_id, profile_id, event)
+                    # One copy of the event with both ids (sessions and the lake read context).
+                    context = {**event.context, "profile_id": profile_id, "session_id": session_id}
+                    event = msgspec.structs.replace(event, context=context)
+                add(event, delivery)
+                buffered[delivery] = (tenant_id, event.received_at)
 
     async def _resolve(
-        self, tenant_id: str, items: list[tuple[Entry, Event]]
-    ) -> list[tuple[tuple[Entry, Event], Resolution | None]]:
-        """Fold the tenant's events into their profiles in one transaction; isolate a poison event."""
-        named = [(entry, event) for entry, event in items if event.user_id or event.anonymous_id]
+        self, tenant_id: str, items: list[tuple[str, Event]]
+    ) -> list[tuple[str, Event, Resolution | None]]:
+        """Fold the tenant's events into their profiles in one call; isolate a poison event."""
+        named = [(delivery, event) for delivery, event in items if event.user_id or event.anonymous_id]
         try:
             resolutions = await self.profiles.apply(tenant_id, [event for _, event in named])
         except ValueError:
             # The batch was refused whole: apply one by one (idempotent) to find the bad events.
             resolutions = []
             kept = []
-            for entry, event in named:
+            for delivery, event in named:
                 try:
                     resolutions += await self.profiles.apply(tenant_id, [event])
-                    kept.append((entry, event))
+                    kept.append((delivery, event))
                 except ValueError as exc:
-                    await self._dead_letter(entry, f"profile_refused: {exc}", event, seen=True)
+                    self._poison(delivery, event, f"profile_refused: {exc}")
             named = kept
-        found = {entry.id: resolution for (entry, _), resolution in zip(named, resolutions, strict=True)}
-        alive = {entry.id for entry, _ in named} | {e.id for e, ev in items if not (ev.user_id or ev.anonymous_id)}
-        return [((entry, event), found.get(entry.id)) for entry, event in items if entry.id in alive]
+        found = {delivery: resolution for (delivery, _), resolution in zip(named, resolutions, strict=True)}
+        return [
+            (delivery, event, found.get(delivery))
+            for delivery, event in items
+            if delivery in found or not (event.user_id or event.anonymous_id)
+        ]
 
     async def _load_sessions(self, tenant_id: str, resolutions: list[Resolution]) -> None:
         """Bring the persisted sessions of the batch's profiles (and of profiles merged away) into memory."""
@@ -231,9 +390,68 @@ class PipelineWorker:
         if unknown:
             self.sessions.load(tenant_id, await self.profiles.load_sessions(tenant_id, unknown))
 
+    # --- settling entries --------------------------------------------------------------------
+
+    async def _settle(self, tracks: list[_InFlight]) -> None:
+        """Ack the entries whose events are all durable or duplicates; dead-letter the poison of the
+        others (counted first, once per delivery, so a crash in between counts it once)."""
+        clean = [track.entry.id for track in tracks if not track.poison]
+        if clean:
+            await self.stream.ack(self.group, clean)
+            for entry_id in clean:
+                del self._inflight[entry_id]
+        for track in tracks:
+            if track.poison:
+                await self._dead_letter(track)
+
+    async def _dead_letter(self, track: _InFlight) -> None:
+        poison = track.poison
+        await self._count([Outcome(p.delivery, p.tenant_id, p.received_at, "dead_lettered") for p in poison])
+        for p in poison:
+            if p.message_id is not None:
+                await self.dedup.release(p.tenant_id, p.message_id, p.delivery)
+        reasons = list(dict.fromkeys(p.reason for p in poison))
+        reason = reasons[0] if len(reasons) == 1 else f"{reasons[0]} (and {len(reasons) - 1} other reasons)"
+        # The whole entry as it was when every event of it is poison; else just the poison events.
+        whole = track.unreadable or len(poison) == track.size
+        payload = None if whole else _poison_payload(poison)
+        if await self.stream.dead_letter(self.group, track.entry, reason, payload=payload) is not None:
+            self.stats.dead_lettered += len(poison)
+            for p in poison:
+                self.stats.by_reason[p.reason.split(":", 1)[0]] += 1
+            log.warning(
+                "events_dead_lettered",
+                entry_id=track.entry.id,
+                tenant_id=poison[0].tenant_id,
+                events=len(poison),
+                of=track.size,
+                reason=reason,
+            )
+        self._inflight.pop(track.entry.id, None)
+
+    async def _give_up(self, entry: Entry, reason: str) -> None:
+        """Dead-letter a whole entry (delivered too often), every event of it."""
+        track = _InFlight(entry)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            events = decode_entry(entry.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            track.size, track.unreadable = 1, True
+            track.poison.append(_Poison(entry.payload, reason, _tenant_of(entry), now, delivery_id(entry.id, 0)))
+        else:
+            track.size = len(events)
+            # Released too: a replay must be able to bring back an event that never reached the lake.
+            track.poison = [
+                _Poison(b"", reason, e.tenant_id, e.received_at, delivery_id(entry.id, i), e.message_id)
+                for i, e in enumerate(events)
+            ]
+        await self._dead_letter(track)
+
+    # --- flushing ----------------------------------------------------------------------------
+
     async def flush(self) -> int:
-        """Write the lake's buffers, then persist sessions and count, then ack: in that order, so an
-        ack never comes before what it confirms is durable."""
+        """Write the lake's buffers, then persist sessions and count, then settle entries: in that
+        order, so an ack never comes before what it confirms is durable. Returns events written."""
         self._durable += await self.lake.flush()
         if not self._durable:
             return 0
@@ -247,16 +465,21 @@ class PipelineWorker:
         self.sessions.shrink(self.max_session_profiles)
         await self._count(
             [
-                Outcome(stream_id, *self._buffered[stream_id], "written")
-                for stream_id in self._durable
-                if stream_id in self._buffered
+                Outcome(delivery, *self._buffered[delivery], "written")
+                for delivery in self._durable
+                if delivery in self._buffered
             ]
         )
-        await self.stream.ack(self.group, self._durable)
+        for delivery in self._durable:
+            track = self._inflight.get(entry_of(delivery))
+            if track is not None:
+                track.waiting.discard(delivery)
+        # Every entry with nothing left waiting, also those a failed earlier settle left behind.
+        await self._settle([track for track in self._inflight.values() if not track.waiting])
         durable, self._durable = self._durable, []
         now = asyncio.get_running_loop().time()
-        for stream_id in durable:
-            written = self._buffered.pop(stream_id, None)
+        for delivery in durable:
+            written = self._buffered.pop(delivery, None)
             if written is not None:
                 self._recent_tenants[written[0]] = now
         self.stats.written += len(durable)
@@ -328,4 +551,6 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         lake_store=store,
         ledger=UsageLedger(cell.usage_path),
         reclaim_idle_ms=int(pipeline.reclaim_idle_seconds * 1000),
+        partitions=shard_partitions(pipeline.worker_shard, stream.partitions),
+        batch_events=pipeline.worker_batch_events,
     )

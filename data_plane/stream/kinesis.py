@@ -423,7 +423,7 @@ class KinesisStream:
 
     # --- dead letters -------------------------------------------------------------------------
 
-    async def dead_letter(self, group: str, entry: Entry, reason: str) -> str | None:
+    async def dead_letter(self, group: str, entry: Entry, reason: str, *, payload: bytes | None = None) -> str | None:
         (entry_id,) = self._check_ids([entry.id])
 
         def dead_letter_tx(conn: sqlite3.Connection) -> str | None:
@@ -441,7 +441,7 @@ class KinesisStream:
                     entry_id=entry_id,
                     partition=row[0],
                     partition_key=row[1],
-                    payload=bytes(row[2]),
+                    payload=bytes(row[2]) if payload is None else payload,
                     reason=reason,
                     deliveries=row[3],
                     now=time.time(),

@@ -286,7 +286,7 @@ class LogStream:
 
     # --- dead letters -------------------------------------------------------------------------
 
-    async def dead_letter(self, group: str, entry: Entry, reason: str) -> str | None:
+    async def dead_letter(self, group: str, entry: Entry, reason: str, *, payload: bytes | None = None) -> str | None:
         (position,) = self._positions([entry.id])
 
         def dead_letter_tx(conn: sqlite3.Connection) -> str | None:
@@ -305,7 +305,7 @@ class LogStream:
                     entry_id=entry.id,
                     partition=row[0],
                     partition_key=row[2],
-                    payload=bytes(row[3]),
+                    payload=bytes(row[3]) if payload is None else payload,
                     reason=reason,
                     deliveries=row[1],
                     now=time.time(),

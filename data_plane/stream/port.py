@@ -113,8 +113,11 @@ class Stream(Protocol):
         ``min_idle_ms`` (whoever holds them); each comes back with ``deliveries`` incremented."""
         ...
 
-    async def dead_letter(self, group: str, entry: Entry, reason: str) -> str | None:
+    async def dead_letter(self, group: str, entry: Entry, reason: str, *, payload: bytes | None = None) -> str | None:
         """Move a pending entry out of the group into the dead-letter store, with ``reason``.
+
+        ``payload``: what to keep instead of the entry's payload (the few events of a multi-event
+        entry that failed, once the others are durable); a replay appends exactly that.
 
         Returns the dead letter's id, or ``None`` when the entry was not pending in the group
         (already acked or dead-lettered), so a retried call does not store it twice.

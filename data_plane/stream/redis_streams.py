@@ -451,13 +451,13 @@ class RedisStream:
         with self._translated("pending"):
             return int(await self._pending(keys=self._keys, args=[group]))
 
-    async def dead_letter(self, group: str, entry: Entry, reason: str) -> str | None:
+    async def dead_letter(self, group: str, entry: Entry, reason: str, *, payload: bytes | None = None) -> str | None:
         partition, position = self._stream_position(entry.id)
         await self._ready()
         with self._translated("dead_letter"):
             dead_id = await self._dead_letter(
                 keys=[self._keys[partition], self._dead],
-                args=[group, position, entry.id, partition, reason, entry.partition_key, entry.payload],
+                args=[group, position, entry.id, partition, reason, entry.partition_key, entry.payload if payload is None else payload],
             )
         return None if dead_id is None else dead_id.decode()
 
