@@ -9,10 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
+
 from data_plane.pipeline.dedup import StoredSighting, is_first_sighting
 from kernel.errors import Unavailable
 
 T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup_sightings (
@@ -67,21 +70,33 @@ class SqliteDedupStore:
 
     async def record(self, sightings: Sequence[StoredSighting], window_us: int) -> list[bool]:
         def work(conn: sqlite3.Connection) -> list[bool]:
-            flags: list[bool] = []
+            tenants: dict[str, dict[str, None]] = {}
+            for s in sightings:
+                tenants.setdefault(s.tenant_id, {})[s.message_id] = None
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # One SELECT per tenant in the batch (usually one), the rule applied in order in
+                # memory (so repeats inside the batch see the earlier ones), then one executemany.
+                recorded: dict[tuple[str, str], tuple[int, str | None]] = {}
+                for tenant_id, message_ids in tenants.items():
+                    for message_id, first_seen_us, delivery in conn.execute(
+                        "SELECT message_id, first_seen_us, delivery FROM dedup_sightings"
+                        " WHERE tenant_id = ? AND message_id IN (SELECT value FROM json_each(?))",
+                        (tenant_id, _encode(list(message_ids)).decode()),
+                    ):
+                        recorded[(tenant_id, message_id)] = (first_seen_us, delivery)
+                flags: list[bool] = []
+                writes: dict[tuple[str, str], tuple[int, str | None]] = {}
                 for s in sightings:
-                    row = conn.execute(
-                        "SELECT first_seen_us, delivery FROM dedup_sightings WHERE tenant_id = ? AND message_id = ?",
-                        (s.tenant_id, s.message_id),
-                    ).fetchone()
-                    keep, write = is_first_sighting(row, s.at_us, s.delivery, window_us)
+                    key = (s.tenant_id, s.message_id)
+                    keep, write = is_first_sighting(recorded.get(key), s.at_us, s.delivery, window_us)
                     if write is not None:
-                        conn.execute(
-                            "INSERT OR REPLACE INTO dedup_sightings VALUES (?, ?, ?, ?)",
-                            (s.tenant_id, s.message_id, *write),
-                        )
+                        recorded[key] = writes[key] = write
                     flags.append(keep)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO dedup_sightings VALUES (?, ?, ?, ?)",
+                    [(*key, *write) for key, write in writes.items()],
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

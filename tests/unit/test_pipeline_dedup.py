@@ -121,6 +121,33 @@ async def test_batch_keeps_order_and_catches_duplicates_inside_it(dedup: Dedupli
 
 
 @pytest.mark.anyio
+async def test_a_batch_is_one_round_trip(dedup: Deduplicator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis: one script call per batch; SQLite: one SELECT per tenant of the batch, not one per event."""
+    store = dedup.store
+    calls: list[str] = []
+    if isinstance(store, RedisDedupStore):
+        execute = store._redis.execute_command
+
+        async def counted(*args: object, **options: object) -> object:
+            calls.append(str(args[0]))
+            return await execute(*args, **options)
+
+        monkeypatch.setattr(store._redis, "execute_command", counted)
+    else:
+        assert isinstance(store, SqliteDedupStore)
+        # On the store's own thread: a sqlite3 connection belongs to the thread that opened it.
+        await store._run("trace", lambda conn: conn.set_trace_callback(lambda sql: calls.append(sql.split()[0])))
+    batch = [("t1", f"m{n}", T0) for n in range(300)] + [("t2", "m0", T0), ("t1", "m0", T0)]
+    flags = await dedup.filter_new(batch)
+    assert flags == [True] * 301 + [False]
+    if isinstance(store, RedisDedupStore):
+        assert [c for c in calls if c.startswith("EVAL")] == ["EVALSHA"]
+    else:
+        assert calls.count("SELECT") == 2  # one per tenant
+    assert await dedup.filter_new(batch) == [False] * 302
+
+
+@pytest.mark.anyio
 async def test_redelivery_of_the_same_stream_entry_is_not_a_duplicate(dedup: Deduplicator) -> None:
     # The worker recorded the sighting, then died before the sinks wrote: the stream delivers the
     # same entry again, and it must go through rather than be lost.
