@@ -26,7 +26,11 @@ def profile_id_for(tenant_id: str, kind: Kind, identifier: str) -> str:
 
 
 class Known(NamedTuple):
-    """What the rules need to know about one known identifier: its profile and that profile's user ids."""
+    """What the rules need to know about one known identifier: its profile and that profile's user ids.
+
+    NOTE: the rules only ask whether ``user_ids`` is empty (is the profile a known user's?), so a
+    store may pass any non-empty subset of them; the SQL store does, to read fewer rows.
+    """
 
     profile_id: str
     user_ids: frozenset[str]

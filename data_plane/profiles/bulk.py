@@ -85,7 +85,11 @@ class Bulk(Protocol):
 
     async def identities(self, keys: Sequence[tuple[str, str]]) -> tuple[list[IdentityRow], list[tuple[str, str]]]:
         """The stored keys among ``keys`` with their profile, and (user id, profile id) of every user
-        identity of those profiles: one statement."""
+        identity of those profiles reached only through anonymous keys: one statement.
+
+        NOTE: the identity rules only ask whether a profile has a user id (see ``identity.Known``); a
+        profile reached through a user key has one, so its other user ids are not read.
+        """
         ...
 
     async def profiles(self, profile_ids: Sequence[str]) -> list[ProfileState]: ...
@@ -113,6 +117,12 @@ class Bulk(Protocol):
         ...
 
 
+# Profiles the batch reached only through anonymous ids: whether they have a user id is not known yet.
+_ANONYMOUS_ONLY = (
+    "SELECT profile_id FROM owner WHERE kind = 'anonymous' EXCEPT SELECT profile_id FROM owner WHERE kind = 'user'"
+)
+
+
 def _upsert_columns() -> str:
     return ", ".join(f"{c} = excluded.{c}" for c in PROFILE_COLUMNS[1:])
 
@@ -120,17 +130,25 @@ def _upsert_columns() -> str:
 # --- SQLite -------------------------------------------------------------------------------------
 
 
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
 def _sqlite_time(moment: dt.datetime) -> str:
-    # SQLAlchemy's SQLite DATETIME text, so the ORM-side reads parse what this side wrote.
-    return from_us(to_us(moment)).replace(tzinfo=None).isoformat(" ", "microseconds")
+    """SQLAlchemy's SQLite DATETIME text (naive UTC), so the ORM-side reads parse what this side wrote."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    if moment.tzinfo is not dt.UTC:
+        moment = moment.astimezone(dt.UTC)
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _sqlite_us(text: str) -> int:
-    return to_us(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC))
+    return (dt.datetime.fromisoformat(text) - _NAIVE_EPOCH) // _MICROSECOND
 
 
 def _sqlite_from_us(value: int) -> str:
-    return from_us(value).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return (_NAIVE_EPOCH + dt.timedelta(microseconds=value)).isoformat(" ", "microseconds")
 
 
 _IN = "IN (SELECT value FROM json_each(?))"
@@ -177,8 +195,9 @@ class SqliteBulk:
             f" SELECT kind, identifier, profile_id FROM identities WHERE kind = 'anonymous' AND identifier {_IN})"
             " SELECT 1, kind, identifier, profile_id FROM owner"
             " UNION ALL"
-            " SELECT 0, kind, identifier, profile_id FROM identities"
-            " WHERE kind = 'user' AND profile_id IN (SELECT profile_id FROM owner)",
+            # INDEXED BY: on ``kind = 'user'`` alone the planner would walk every user of the tenant.
+            " SELECT 0, kind, identifier, profile_id FROM identities INDEXED BY ix_identities_profile_id"
+            f" WHERE profile_id IN ({_ANONYMOUS_ONLY}) AND kind = 'user'",
             _json(users),
             _json(anons),
         )
@@ -333,17 +352,23 @@ class PostgresBulk:
 
     async def identities(self, keys: Sequence[tuple[str, str]]) -> tuple[list[IdentityRow], list[tuple[str, str]]]:
         i = self.t["identities"]
+        # NOTE: ``= ANY(array)`` per kind, not a join with ``unnest``: the join's generic plan (asyncpg
+        # prepares statements, PostgreSQL plans them generically after five runs) hashes the whole
+        # table while it has no statistics; ANY stays an index scan of the primary key.
         rows = await self.db.fetch(
             "WITH owner AS ("
-            f" SELECT i.kind, i.identifier, i.profile_id FROM {i} AS i"
-            " JOIN unnest($1::text[], $2::text[]) AS k(kind, identifier)"
-            " ON i.kind = k.kind AND i.identifier = k.identifier)"
+            f" SELECT kind, identifier, profile_id FROM {i} WHERE kind = 'user' AND identifier = ANY($1::text[])"
+            " UNION ALL"
+            f" SELECT kind, identifier, profile_id FROM {i} WHERE kind = 'anonymous' AND identifier = ANY($2::text[]))"
             " SELECT true, kind, identifier, profile_id FROM owner"
             " UNION ALL"
-            f" SELECT false, kind, identifier, profile_id FROM {i}"
-            " WHERE kind = 'user' AND profile_id IN (SELECT profile_id FROM owner)",
-            [kind for kind, _ in keys],
-            [identifier for _, identifier in keys],
+            # OFFSET 0 keeps ``kind = 'user'`` out of the index scan (it matches half the table).
+            " SELECT false, kind, identifier, profile_id FROM"
+            f" (SELECT kind, identifier, profile_id FROM {i}"
+            f" WHERE profile_id = ANY(ARRAY({_ANONYMOUS_ONLY})) OFFSET 0) AS members"
+            " WHERE kind = 'user'",
+            [identifier for kind, identifier in keys if kind == "user"],
+            [identifier for kind, identifier in keys if kind == "anonymous"],
         )
         owners = [(row[1], row[2], row[3]) for row in rows if row[0]]
         members = [(row[2], row[3]) for row in rows if not row[0]]

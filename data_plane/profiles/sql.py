@@ -26,6 +26,7 @@ from data_plane.pipeline.identity import (
     Relink,
     Resolution,
     plan,
+    profile_id_for,
 )
 from data_plane.profiles.bulk import Bulk
 from data_plane.profiles.models import EVENT_TYPES, applied_messages, identities, merges, profiles, redirects, relinks
@@ -36,6 +37,7 @@ from kernel.errors import Unavailable, ValidationFailed
 from kernel.pagination import MAX_LIMIT
 
 T = TypeVar("T")
+_NOBODY = {None}
 UNAVAILABLE = "profiles_unavailable"
 # Bound parameters per IN list: far below SQLite's (32,766) and asyncpg's (32,767) limits.
 _CHUNK = 500
@@ -156,7 +158,9 @@ class _Batch:
         owners, members = await self.bulk.identities(builtins.list(keys))
         for kind, identifier, profile_id in owners:
             self.owner[(kind, identifier)] = profile_id  # type: ignore[index]
-            self.users.setdefault(profile_id, set())
+            users = self.users.setdefault(profile_id, set())
+            if kind == "user":
+                users.add(identifier)
         for identifier, profile_id in members:
             self.users[profile_id].add(identifier)
         if not self.users:
@@ -211,9 +215,20 @@ class _Batch:
             ids = Identifiers.of(event)
             keys = ids.keys()
             found = {owner.get(key) for key in keys}
+            # NOTE: two shortcuts for the usual events, each exactly what ``plan`` would return.
             if len(found) == 1 and None not in found:
-                # Every identifier is known and on one profile: ``plan`` changes nothing then.
+                # Every identifier is known and on one profile: nothing changes.
                 profile_id: str = found.pop()  # type: ignore[assignment]
+                resolution = Resolution(profile_id, [], [])
+            elif found == _NOBODY and not (event.type == "alias" and ids.user_id and ids.previous_id):
+                # A new person: a profile named after the user id (else the anonymous id) holding both.
+                user, anon = ids.user_id, ids.anonymous_id
+                profile_id = profile_id_for(self.tenant_id, "user" if user else "anonymous", user or anon)  # type: ignore[arg-type]
+                profiles[profile_id] = ProfileState(profile_id)
+                users[profile_id] = {user} if user else set()
+                for key in keys[:2] if user and anon else keys[:1]:
+                    owner[key] = profile_id
+                    self.dirty_keys[key] = None
                 resolution = Resolution(profile_id, [], [])
             else:
                 known = {key: Known(p, frozenset(users[p])) for key in keys if (p := owner.get(key))}
