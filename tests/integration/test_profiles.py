@@ -202,6 +202,50 @@ def test_alias_merges_two_known_users_and_keeps_the_history(store: ProfileStore,
     aio(scenario())
 
 
+def test_a_merge_chain_inside_one_batch_moves_rows_the_batch_never_read(store: ProfileStore, aio: Run[Any]) -> None:
+    """A into B into C in one batch: identifiers and redirects of A and B that no event of the batch
+    names end on C, exactly as when the same events are applied one at a time."""
+    batched, single = new_tenant(), new_tenant()
+
+    def story(tenant_id: str) -> tuple[list[Event], list[Event]]:
+        before = [
+            event(tenant_id, "identify", user_id="a", anonymous_id="a-phone", at=T0),
+            event(tenant_id, "identify", user_id="a", anonymous_id="a-laptop", at=T0),
+            event(tenant_id, "identify", user_id="old-a", anonymous_id="old-a-web", at=T0),
+            event(tenant_id, "alias", previous_id="old-a", user_id="a", at=T0),  # a redirect into A
+            event(tenant_id, "identify", user_id="b", anonymous_id="b-tablet", at=T0),
+            event(tenant_id, user_id="c", at=T0),
+        ]
+        batch = [
+            event(tenant_id, "alias", previous_id="a", user_id="b", at=T0 + dt.timedelta(hours=1)),
+            event(tenant_id, user_id="b", at=T0 + dt.timedelta(hours=2)),
+            event(tenant_id, "alias", previous_id="b", user_id="c", at=T0 + dt.timedelta(hours=3)),
+            event(tenant_id, anonymous_id="a-phone", at=T0 + dt.timedelta(hours=4)),
+        ]
+        return before, batch
+
+    async def scenario() -> None:
+        before, batch = story(batched)
+        for e in before:
+            await store.apply(batched, [e])
+        assert await apply_ids(store, batched, batch) == [profile_id_for(batched, "user", u) for u in "bbcc"]
+        c = await store.find(batched, anonymous_id="a-laptop")  # named by no event of the batch
+        assert c is not None and c.profile_id == profile_id_for(batched, "user", "c")
+        assert c.user_ids == ["a", "b", "c", "old-a"]
+        assert c.anonymous_ids == ["a-laptop", "a-phone", "b-tablet", "old-a-web"]
+        assert c.event_count == len(before) + len(batch)
+        for user in ("old-a", "a", "b"):  # every merged-away profile, the older redirect included
+            assert await store.get(batched, profile_id_for(batched, "user", user)) == c
+        assert [p.profile_id for p in await all_profiles(store, batched)] == [c.profile_id]
+        for e in [*before, *batch]:
+            await store.apply(single, [msgspec.structs.replace(e, tenant_id=single)])
+        users = ["a", "old-a", "b", "c"]
+        names = {profile_id_for(single, "user", u): profile_id_for(batched, "user", u) for u in users}
+        assert _translate(*await snapshot(store, single), names) == await snapshot(store, batched)
+
+    aio(scenario())
+
+
 def test_an_anonymous_id_seen_with_two_users_never_merges_them(store: ProfileStore, tenant: str, aio: Run[Any]) -> None:
     async def scenario() -> None:
         [alice] = await apply_ids(store, tenant, [event(tenant, "identify", user_id="alice", anonymous_id="laptop")])

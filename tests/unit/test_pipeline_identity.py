@@ -289,3 +289,23 @@ def test_without_alias_no_profile_ever_holds_two_known_users(events: list[Event]
     for tenant in ("ten_a", "ten_b"):
         assert all(len(p.user_ids) <= 1 for p in graph.profiles(tenant))
         assert all(m.reason == "identify" for m in graph.merges(tenant))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(identity_events(), min_size=2, max_size=25), st.data())
+def test_plan_needs_only_whether_a_profile_has_user_ids(events: list[Event], data: st.DataObject) -> None:
+    """A store may pass any non-empty subset of a profile's user ids (``Known``): same plan."""
+    graph = IdentityGraph()
+    for e in events[:-1]:
+        graph.resolve(e)
+    last = events[-1]
+    ids = Identifiers.of(last)
+    full = graph._known(last.tenant_id, ids.keys())
+    subset = {
+        key: Known(ref.profile_id, frozenset(data.draw(st.sets(st.sampled_from(sorted(ref.user_ids)), min_size=1))))
+        if ref.user_ids
+        else ref
+        for key, ref in full.items()
+    }
+    options = {"at": last.timestamp, "message_id": last.message_id, "alias": last.type == "alias"}
+    assert plan(last.tenant_id, ids, subset, **options) == plan(last.tenant_id, ids, full, **options)  # type: ignore[arg-type]
