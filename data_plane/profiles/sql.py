@@ -125,9 +125,10 @@ def _decode_cursor(cursor: str) -> str:
 class _Batch:
     """A unit of work over one tenant's tables inside one write transaction, set-based per table.
 
-    ``load`` reads in a handful of statements every row the batch's events can need: applied
-    message ids, the identities of every identifier the events name with those profiles' user ids
-    (one statement), the profiles' aggregates. ``run`` then plans and applies each event in memory,
+    ``load`` reads in three statements every row the batch's events can need: applied message
+    ids, the identities of every identifier the events name with the user ids of the profiles
+    reached only through anonymous ids (``users`` holds a non-empty subset of a profile's user ids,
+    all ``plan`` needs: see ``Known``), the profiles' aggregates. ``run`` then plans and applies each event in memory,
     in order, exactly as ``IdentityGraph`` would; ``flush`` writes the outcome, one statement per
     table. Rows the batch did not load but a merge must move (other identifiers of a merged-away
     profile, older redirects) are moved first, straight to the profile each merge chain ends in.
