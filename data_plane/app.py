@@ -14,6 +14,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from data_plane.analytics import open_analytics
 from data_plane.analytics.routes import AnalyticsController
 from data_plane.contract.keeper import ConfigKeeper
+from data_plane.ingest.ratelimit import rate_limit_drivers
 from data_plane.ingest.routes import CORS, ingest_router
 from data_plane.ingest.service import Ingestor
 from data_plane.lake.store import open_lake_store
@@ -22,7 +23,7 @@ from data_plane.ops.service import Operations
 from data_plane.settings import CellSettings
 from data_plane.spaces import SpaceController, TenantSpaces
 from data_plane.stream.port import Stream
-from data_plane.usage.ledger import UsageLedger
+from data_plane.usage.ledger import open_ledger
 from data_plane.usage.push import HttpUsageSink, UsagePusher, UsageSink
 from kernel.errors import Unavailable
 from kernel.http import EXCEPTION_HANDLERS, declare_problems, request_context_middleware
@@ -56,15 +57,19 @@ def create_cell_app(
     own: bool = True,
     usage_sink: UsageSink | None = None,
     spaces: TenantSpaces | None = None,
+    close_stream: bool = False,
 ) -> Litestar:
-    """The cell app over a config keeper and a stream. With ``own``, the app starts and stops the keeper.
+    """The cell app over a config keeper and a stream. With ``own``, the app starts and stops the keeper;
+    with ``close_stream``, it closes the stream when it stops.
 
     Usage goes to ``usage_sink``; without one, to the control plane at ``control_plane_url`` when
     that is set, and otherwise it waits in the ledger's outbox.
     """
-    ledger = UsageLedger(settings.usage_path)
+    ledger = open_ledger(settings, stream)
     lake = open_lake_store(settings)
-    ingestor = Ingestor(settings, keeper, stream, ledger=ledger)
+    # Shared by every ingest process of the cell, so a tenant's limit does not grow with their number.
+    buckets = rate_limit_drivers.create(settings.rate_limit_driver, settings.rate_limit_path, settings.redis_url)
+    ingestor = Ingestor(settings, keeper, stream, buckets=buckets, ledger=ledger)
     analytics = open_analytics(settings, lake, keeper)
     if usage_sink is None and settings.control_plane_url:
         usage_sink = HttpUsageSink(settings.control_plane_url, settings.cell_secret)
@@ -92,8 +97,11 @@ def create_cell_app(
         if usage_sink is not None:
             await usage_sink.close()
         await ledger.close()
+        await buckets.close()
         await analytics.close()
         await lake.close()
+        if close_stream:
+            await stream.close()
 
     app = Litestar(
         route_handlers=[

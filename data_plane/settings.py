@@ -36,6 +36,10 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     ingest_success_status: Literal[200, 202] = 202
     # Never more events in one batch than this, whatever the plan says.
     max_batch_events_ceiling: Annotated[int, msgspec.Meta(ge=1)] = 2_500
+    # Where the per-tenant token buckets live, shared by every ingest process of the cell: sqlite (a
+    # file beside the cell's state, for the processes of one machine), redis (every machine), or
+    # memory (one process only).
+    rate_limit_driver: str = "sqlite"
 
     # The lake: local (a folder) or s3 (a bucket, optionally an S3-compatible endpoint).
     lake_driver: str = "local"
@@ -77,6 +81,10 @@ class CellSettings(msgspec.Struct, kw_only=True, frozen=True):
     def usage_path(self) -> Path:
         """The usage ledger shared by the cell's ingest server and its workers."""
         return self.cell_dir / "usage.db"
+
+    @property
+    def rate_limit_path(self) -> Path:
+        return self.cell_dir / "ratelimit.db"
 
     @property
     def config_cache_path(self) -> Path:

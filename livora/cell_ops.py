@@ -11,7 +11,7 @@ from data_plane.lake.store import open_lake_store
 from data_plane.ops.service import Operations
 from data_plane.settings import CellSettings
 from data_plane.stream.drivers import create_stream
-from data_plane.usage.ledger import UsageLedger
+from data_plane.usage.ledger import open_ledger
 from livora.allinone import cell_stream_settings
 
 COLUMNS = ("tenant", "hour (UTC)", "accepted", "in lake", "dead-lettered", "duplicates", "difference")
@@ -28,7 +28,7 @@ def _when(text: str) -> dt.datetime:
 async def _with_operations(work):  # type: ignore[no-untyped-def]
     cell = CellSettings.from_env()
     stream = create_stream(cell_stream_settings(cell))
-    ledger = UsageLedger(cell.usage_path)
+    ledger = open_ledger(cell, stream)
     lake = open_lake_store(cell)
     try:
         return await work(Operations(stream, ledger, lake))

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -112,7 +113,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.host or args.port:
         settings = Settings.from_env(**{k: v for k, v in (("host", args.host), ("port", args.port)) if v})
-    return serve_all_in_one(settings, migrate=_migrate, on_ready=_banner, ensure_admin=_ensure_bootstrap_admin)
+    return serve_all_in_one(
+        settings, migrate=_migrate, on_ready=_banner, ensure_admin=_ensure_bootstrap_admin, workers=args.workers
+    )
+
+
+def cmd_cell(args: argparse.Namespace) -> int:
+    from livora.allinone import serve_cell
+
+    # The ingest processes read their settings from the environment, like this one.
+    if args.host:
+        os.environ["LIVORA_CELL_HOST"] = args.host
+    if args.port:
+        os.environ["LIVORA_CELL_PORT"] = str(args.port)
+    return serve_cell(workers=args.workers)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("between 1 and 64 processes")
+    return value
 
 
 def cmd_templates_list(args: argparse.Namespace) -> int:
@@ -218,7 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="migrate, then serve the platform (embedded defaults: SQLite under ./var)")
     run.add_argument("--host", help="interface to bind (default LIVORA_HOST or 127.0.0.1)")
     run.add_argument("--port", type=int, help="port to bind (default LIVORA_PORT or 8000)")
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="ingest processes of the built-in cell (default 1; more need LIVORA_CELL_SECRET)",
+    )
     run.set_defaults(func=cmd_run)
+
+    cell = commands.add_parser(
+        "cell",
+        help="serve a standalone cell (ingestion, analytics, operations) against LIVORA_CONTROL_PLANE_URL "
+        "with LIVORA_CELL_SECRET; run `livora worker` beside it for the pipeline",
+    )
+    cell.add_argument("--host", help="interface to bind (default LIVORA_CELL_HOST or 127.0.0.1)")
+    cell.add_argument("--port", type=int, help="port to bind (default LIVORA_CELL_PORT or 8001)")
+    cell.add_argument("--workers", type=_workers, default=1, help="ingest processes sharing the port (default 1)")
+    cell.set_defaults(func=cmd_cell)
 
     worker = commands.add_parser(
         "worker", help="run a pipeline worker for a cell: stream → dedup → enrich → identity → sessions → lake"

@@ -30,7 +30,20 @@ class Message(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
 
 
 class Batch(msgspec.Struct, kw_only=True, rename="camel"):
+    """A whole batch, decoded in one pass (the fast path)."""
+
+    batch: list[Message]
+    sent_at: str | None = None
+    write_key: str | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+
+
+class RawBatch(msgspec.Struct, kw_only=True, rename="camel"):
+    """The same batch with its events left undecoded: to measure each event and name the bad ones."""
+
     batch: list[msgspec.Raw]
+    write_key: str | None = None
     sent_at: str | None = None
     write_key: str | None = None
     context: dict[str, Any] | None = None

@@ -31,7 +31,7 @@ from data_plane.pipeline.settings import (
 from data_plane.profiles.port import ProfileStore, create_profile_store, load_profiles_settings
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Entry, Stream
-from data_plane.usage.ledger import Outcome, UsageLedger
+from data_plane.usage.ledger import Outcome, UsageLedger, open_ledger
 from kernel.errors import Unavailable
 
 log = structlog.get_logger("livora.pipeline")
@@ -549,7 +549,7 @@ def create_worker(stream: Stream, cell: CellSettings, pipeline: PipelineSettings
         build_sessionizer(pipeline),
         LakeWriter(store, max_rows=cell.lake_flush_rows, max_age_s=cell.lake_flush_seconds),
         lake_store=store,
-        ledger=UsageLedger(cell.usage_path),
+        ledger=open_ledger(cell, stream),
         reclaim_idle_ms=int(pipeline.reclaim_idle_seconds * 1000),
         partitions=shard_partitions(pipeline.worker_shard, stream.partitions),
         batch_events=pipeline.worker_batch_events,

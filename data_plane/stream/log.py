@@ -7,7 +7,7 @@ import collections
 import heapq
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from functools import partial
 from pathlib import Path
@@ -63,7 +63,11 @@ CREATE TABLE IF NOT EXISTS pending (
 """
 )
 
-_Pending = tuple[list[tuple[int, str, bytes]], "asyncio.Future[list[str]]", asyncio.AbstractEventLoop]
+# Rows to write in the same transaction as an append (see ``LogStream.append``).
+Companion = Callable[[sqlite3.Connection], None]
+_Pending = tuple[
+    list[tuple[int, str, bytes]], "Companion | None", "asyncio.Future[list[str]]", asyncio.AbstractEventLoop
+]
 
 
 class LogStream:
@@ -94,13 +98,18 @@ class LogStream:
 
     # --- append, with group commit ----------------------------------------------------------
 
-    async def append(self, records: Sequence[Record]) -> list[str]:
+    async def append(self, records: Sequence[Record], *, also: Companion | None = None) -> list[str]:
+        """Append (see ``Stream.append``); ``also(connection)`` runs inside the same transaction.
+
+        ``also`` lets another store that lives in this file (the usage ledger) commit its rows with
+        the records: both or neither, one fsync. If it raises, nothing of the transaction stays.
+        """
         if not records:
             return []
         rows = [(partition_for(r.partition_key, self.partitions), r.partition_key, bytes(r.payload)) for r in records]
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[str]] = loop.create_future()
-        self._appends.append((rows, future, loop))
+        self._appends.append((rows, also, future, loop))
         # NOTE: the drain that runs may commit our rows together with others queued before it;
         # a later drain then finds nothing left. Either way ``future`` is settled when it returns.
         await self._worker.run_raw(self._drain_appends)
@@ -118,22 +127,24 @@ class LogStream:
             conn = self._worker.connection()
             results: list[list[str]] = []
             with transaction(conn):
-                for rows, _, _ in batch:
+                for rows, also, _, _ in batch:
                     conn.executemany("INSERT INTO entries (partition, partition_key, payload) VALUES (?, ?, ?)", rows)
                     # Inside one write transaction the positions of one executemany are consecutive.
                     last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                     first = last - len(rows) + 1
                     results.append([f"{row[0]}:{first + i}" for i, row in enumerate(rows)])
+                    if also is not None:
+                        also(conn)
         except (sqlite3.Error, OSError) as exc:
             error = self._worker.unavailable("append", exc)
-            for _, future, loop in batch:
+            for _, _, future, loop in batch:
                 loop.call_soon_threadsafe(_settle, future, None, error)
             return
         except Exception as exc:  # ConfigError from opening the store: each caller gets it
-            for _, future, loop in batch:
+            for _, _, future, loop in batch:
                 loop.call_soon_threadsafe(_settle, future, None, exc)
             return
-        for (_, future, loop), ids in zip(batch, results, strict=True):
+        for (_, _, future, loop), ids in zip(batch, results, strict=True):
             loop.call_soon_threadsafe(_settle, future, ids, None)
 
     def _wake_readers(self) -> None:

@@ -10,12 +10,13 @@ that was sent but not confirmed goes again under the same id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import sqlite3
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -23,6 +24,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from data_plane.contract.schemas import UsageRecord
+from data_plane.settings import CellSettings
 from data_plane.stream._sqlite import SqliteWorker, transaction
 
 OutcomeKind = Literal["written", "duplicate", "dead_lettered"]
@@ -118,16 +120,131 @@ class _Pending:
     done: asyncio.Future[None] = field(repr=False)
 
 
+def _count_accepted(
+    conn: sqlite3.Connection, totals: dict[tuple[str, int], int], users: set[tuple[str, int, str]]
+) -> None:
+    conn.executemany(
+        "INSERT INTO usage_hours (tenant_id, hour, accepted) VALUES (?, ?, ?) "
+        "ON CONFLICT (tenant_id, hour) DO UPDATE SET accepted = accepted + excluded.accepted",
+        [(tenant, hour, count) for (tenant, hour), count in totals.items()],
+    )
+    conn.executemany("INSERT OR IGNORE INTO usage_users (tenant_id, hour, user_key) VALUES (?, ?, ?)", users)
+
+
+def open_ledger(cell: CellSettings, stream: object) -> UsageLedger:
+    """A cell's ledger. It lives in the embedded log's own file when the stream is that log, so that
+    ingestion commits the events and their count together (one fsync); otherwise in its own file.
+
+    A ledger left in its own file by an older cell is folded into the log's file when it opens.
+    """
+    from data_plane.stream.log import LogStream
+
+    if isinstance(stream, LogStream) and stream.path.resolve() != cell.usage_path.resolve():
+        return UsageLedger(stream.path, fold=cell.usage_path)
+    return UsageLedger(cell.usage_path)
+
+
+_TABLES = ("usage_hours", "usage_users", "usage_counted", "usage_outbox", "usage_marks")
+
+
+def _folder(old: Path) -> Callable[[sqlite3.Connection], None]:
+    def fold(conn: sqlite3.Connection) -> None:
+        if not old.exists():
+            return
+        conn.execute("ATTACH DATABASE ? AS old", (str(old),))
+        try:
+            # OR IGNORE: two processes that fold at once copy each row once.
+            with transaction(conn):
+                for table in _TABLES:
+                    columns = ", ".join(
+                        name
+                        for (name,) in conn.execute(
+                            "SELECT o.name FROM pragma_table_info(?, 'old') o JOIN pragma_table_info(?, 'main') m"
+                            " USING (name)",
+                            (table, table),
+                        )
+                    )
+                    if columns:
+                        conn.execute(  # names from the schemas themselves
+                            f"INSERT OR IGNORE INTO main.{table} ({columns}) SELECT {columns} FROM old.{table}"
+                        )
+        finally:
+            conn.execute("DETACH DATABASE old")
+        for suffix in ("-wal", "-shm"):
+            Path(f"{old}{suffix}").unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            old.replace(old.with_name(old.name + ".folded"))
+
+    return fold
+
+
+# Billed events of a tenant-hour: outcomes known, duplicates excluded (dead letters net of replays).
+_BILLED = "h.written + h.dead_lettered - h.replayed"
+
+
+def _event_records(conn: sqlite3.Connection) -> list[UsageRecord]:
+    """Records for the growth of every tenant-hour's event counts since they were last reported,
+    moving the watermarks in the caller's transaction. A watermark only rises: billed events dip
+    while a replayed dead letter is in flight again, and are not reported twice when it lands."""
+    # NOTE: hours reported by an older cell billed what was accepted; their billed watermark starts
+    # there, so nothing they already billed is billed again.
+    conn.execute(
+        "INSERT OR IGNORE INTO usage_marks (tenant_id, hour, metric, reported) "
+        "SELECT tenant_id, hour, 'events', reported FROM usage_hours"
+    )
+    rows = conn.execute(
+        f"SELECT h.tenant_id, h.hour, h.accepted, h.reported, {_BILLED}, e.reported, h.duplicates, "
+        "COALESCE(d.reported, 0) FROM usage_hours h "
+        "JOIN usage_marks e ON e.tenant_id = h.tenant_id AND e.hour = h.hour AND e.metric = 'events' "
+        "LEFT JOIN usage_marks d ON d.tenant_id = h.tenant_id AND d.hour = h.hour AND d.metric = 'events_duplicate' "
+        f"WHERE h.accepted > h.reported OR {_BILLED} > e.reported OR h.duplicates > COALESCE(d.reported, 0)"
+    ).fetchall()
+    records: list[UsageRecord] = []
+    for tenant, hour, accepted, received_mark, billed, billed_mark, duplicates, duplicate_mark in rows:
+        for metric, value, mark in (
+            ("events", billed, billed_mark),
+            ("events_received", accepted, received_mark),
+            ("events_duplicate", duplicates, duplicate_mark),
+        ):
+            if value > mark:
+                records.append(
+                    UsageRecord(
+                        id=f"{metric.replace('_', '-')}-{uuid.uuid4().hex}",
+                        tenant_id=tenant,
+                        metric=metric,
+                        timestamp=_moment(hour),
+                        value=value - mark,
+                    )
+                )
+        conn.execute(
+            "UPDATE usage_hours SET reported = max(reported, accepted) WHERE tenant_id = ? AND hour = ?",
+            (tenant, hour),
+        )
+        conn.executemany(
+            "INSERT INTO usage_marks (tenant_id, hour, metric, reported) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, hour, metric) DO UPDATE SET reported = max(reported, excluded.reported)",
+            [(tenant, hour, "events", billed), (tenant, hour, "events_duplicate", duplicates)],
+        )
+    return records
+
+
 class UsageLedger:
-    """The ledger in a SQLite file beside the cell's stream log (WAL, ``synchronous=FULL``).
+    """The ledger in a SQLite file: the embedded log's, or its own (WAL, ``synchronous=FULL``).
 
     Several processes (the ingest server, ``livora worker``s) open the same file; SQLite's write
     lock orders them. Concurrent ``accepted`` calls of one process are committed together (group
     commit): one fsync for all the requests that arrived meanwhile.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = SqliteWorker(path, label="sqlite", schema=_SCHEMA, what="usage ledger", code="usage_unavailable")
+    def __init__(self, path: str | Path, *, fold: Path | None = None) -> None:
+        self._db = SqliteWorker(
+            path,
+            label="sqlite",
+            schema=_SCHEMA,
+            what="usage ledger",
+            code="usage_unavailable",
+            on_open=_folder(fold) if fold is not None else None,
+        )
         self._queue: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
 
@@ -172,12 +289,25 @@ class UsageLedger:
             totals[(pending.tenant_id, pending.hour)] = totals.get((pending.tenant_id, pending.hour), 0) + pending.count
             users.update((pending.tenant_id, pending.hour, key) for key in pending.keys)
         with transaction(conn):
-            conn.executemany(
-                "INSERT INTO usage_hours (tenant_id, hour, accepted) VALUES (?, ?, ?) "
-                "ON CONFLICT (tenant_id, hour) DO UPDATE SET accepted = accepted + excluded.accepted",
-                [(tenant, hour, count) for (tenant, hour), count in totals.items()],
-            )
-            conn.executemany("INSERT OR IGNORE INTO usage_users (tenant_id, hour, user_key) VALUES (?, ?, ?)", users)
+            _count_accepted(conn, totals, users)
+
+    async def open(self) -> None:
+        """Open the file now (its tables exist on return), not at the first call that needs it."""
+        await self._db.run(lambda conn: None, "open")
+
+    def accepted_rows(
+        self, tenant_id: str, received_at: dt.datetime, count: int, user_keys: Iterable[str]
+    ) -> Callable[[sqlite3.Connection], None]:
+        """The same count as ``accepted``, as rows for another writer's transaction on this file.
+
+        The embedded log runs them inside its append (``LogStream.append(also=...)``) when the ledger
+        lives in the log's file: the events and their count commit together, with one fsync.
+        Call ``open`` once before, so the tables exist.
+        """
+        hour = _epoch(received_at)
+        totals = {(tenant_id, hour): count}
+        users = {(tenant_id, hour, key) for key in user_keys}
+        return functools.partial(_count_accepted, totals=totals, users=users)
 
     # --- pipeline --------------------------------------------------------------------------
 

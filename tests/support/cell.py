@@ -64,7 +64,8 @@ def cell(settings, world, tmp_path, request: pytest.FixtureRequest) -> Iterator[
         # Pushing usage needs somewhere to push it: this control plane.
         values.setdefault("control_plane_url", control_plane.url)
     cell_settings = CellSettings(data_dir=str(tmp_path / "cellvar"), cell_secret=SECRET, **values)
-    stream_path = tmp_path / "stream.db"
+    # Where `livora run` and `livora cell` keep it, so the CLI finds the same stream (and ledger).
+    stream_path = cell_settings.cell_dir / "stream.db"
     keeper = ConfigKeeper(
         HttpConfigFetcher(control_plane.url, SECRET, timeout=1), cell_settings.config_cache_path, interval=0.2
     )
