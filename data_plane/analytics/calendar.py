@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +15,12 @@ from kernel.errors import ValidationFailed
 Interval = Literal["hour", "day", "week", "month"]
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _QUARTER_HOUR = dt.timedelta(minutes=15)
+# Every instant a datetime can hold, in µs; lake timestamps lie in between (year 1 to 9999).
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
+# The days whose local midnight is a datetime in every time zone (offsets stay within a day).
+FIRST_DAY = dt.date(1, 1, 2)
+LAST_DAY = dt.date(9999, 12, 30)
 
 
 def zone(name: str) -> ZoneInfo:
@@ -35,7 +42,13 @@ def to_us(moment: dt.datetime) -> int:
 
 
 def from_us(us: int, tz: dt.tzinfo = dt.UTC) -> dt.datetime:
-    return (_EPOCH + dt.timedelta(microseconds=int(us))).astimezone(tz)
+    """The instant ``us`` in ``tz``; total: an instant whose local time would leave the years 1..9999
+    (year 1 west of Greenwich, 9999 east of it) stays in UTC, and values past them are clamped."""
+    moment = _EPOCH + dt.timedelta(microseconds=min(max(int(us), MIN_US), MAX_US))
+    try:
+        return moment.astimezone(tz)
+    except (OverflowError, ValueError):
+        return moment
 
 
 def day_start(day: dt.date, tz: ZoneInfo) -> int:
@@ -136,9 +149,13 @@ class Days:
 
 
 def days(tz: ZoneInfo, low_us: int, high_us: int) -> Days:
-    """A day table covering every instant in ``[low_us, high_us]``."""
-    first = from_us(low_us, tz).date() - dt.timedelta(days=1)
-    last = from_us(high_us, tz).date() + dt.timedelta(days=1)
+    """A day table covering every instant in ``[low_us, high_us]`` within the years 1..9999 (instants
+    of the first and last day of that era fall on the table's edge days, so nothing overflows).
+
+    CAUTION: it costs a row per day; callers bound the span to what their query needs."""
+    first = max(from_us(low_us, tz).date(), FIRST_DAY + dt.timedelta(days=1)) - dt.timedelta(days=1)
+    last = min(from_us(high_us, tz).date(), LAST_DAY - dt.timedelta(days=1)) + dt.timedelta(days=1)
+    last = max(last, first)
     count = (last - first).days + 1
     starts = np.fromiter(
         (day_start(first + dt.timedelta(days=i), tz) for i in range(count)), dtype=np.int64, count=count
@@ -160,13 +177,52 @@ def period_number(ordinals: np.ndarray, interval: Interval) -> np.ndarray:
 
 def period_label(number: int, interval: Interval) -> str:
     """The local date the period ``number`` (from ``period_number``) starts on."""
-    if interval == "day":
-        return dt.date.fromordinal(number).isoformat()
-    if interval == "week":
-        return dt.date.fromordinal(number * 7 + 1).isoformat()
-    year, month = divmod(number, 12)
-    return dt.date(1970 + year, month + 1, 1).isoformat()
+    return period_first_day(number, interval).isoformat()
 
 
 def period_first_day(number: int, interval: Interval) -> dt.date:
-    return dt.date.fromisoformat(period_label(number, interval))
+    """The first day of period ``number``; total: periods before year 1 or after 9999 give its edges."""
+    if interval == "day":
+        ordinal = number
+    elif interval == "week":
+        ordinal = number * 7 + 1
+    else:
+        year, month = divmod(number, 12)
+        if 1970 + year < 1:
+            return dt.date.min
+        if 1970 + year > 9999:
+            return dt.date.max
+        return dt.date(1970 + year, month + 1, 1)
+    return dt.date.fromordinal(min(max(ordinal, 1), dt.date.max.toordinal()))
+
+
+def bucket_sql(starts: np.ndarray, end: int, column: str) -> str:
+    """SQL giving the index of the bucket holding the instant ``column`` (µs), where bucket ``i`` is
+    ``[starts[i], starts[i + 1])`` and the last one ends at ``end``; NULL outside ``[starts[0], end)``.
+
+    The same lookup as ``locate``, done by the engine: runs of buckets of one length (days between
+    two DST changes, hours, weeks) become one arithmetic branch, so a range costs a few branches
+    however many buckets it has. Literals are integers computed here, never caller text."""
+    bounds = [int(value) for value in starts] + [int(end)]
+    if len(bounds) < 2:
+        return "NULL::BIGINT"
+    lengths = [b - a for a, b in itertools.pairwise(bounds)]
+    branches = [f"CASE WHEN {column} < {bounds[0]} THEN NULL"]
+    i = 0
+    while i < len(lengths):
+        j = i
+        while j + 1 < len(lengths) and lengths[j + 1] == lengths[i]:
+            j += 1
+        branches.append(f"WHEN {column} < {bounds[j + 1]} THEN {i} + ({column} - {bounds[i]}) // {lengths[i]}")
+        i = j + 1
+    return " ".join([*branches, "END"])
+
+
+def period_starts(first: int, count: int, interval: Interval, tz: ZoneInfo) -> np.ndarray:
+    """The first instants of ``count`` consecutive periods (numbered as ``period_number``) from ``first``,
+    and of the one after them: ``count + 1`` values, clipped to the last day a datetime can hold."""
+    values = []
+    for number in range(first, first + count + 1):
+        day = min(max(period_first_day(number, interval), FIRST_DAY), LAST_DAY)
+        values.append(day_start(day, tz))
+    return np.asarray(values, dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import math
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,7 @@ import structlog
 from data_plane.analytics import calendar, engine, schemas
 from data_plane.analytics.sql import all_of, breakdown_sql, number_sql
 from data_plane.contract.schemas import TrackingPlan
-from data_plane.warehouse.port import Warehouse
+from data_plane.warehouse.port import SLOT_US, Warehouse
 from kernel.errors import Unavailable, ValidationFailed
 from kernel.ports.kv import KeyValueStore
 
@@ -67,6 +68,26 @@ def _span(tenant: TenantView, query: schemas.Window) -> Span:
     return Span(name, zone, query.from_date, query.to_date, low, high)
 
 
+def _number(day: dt.date, period: calendar.Interval) -> int:
+    """``calendar.period_number`` of one local date."""
+    return int(calendar.period_number(np.array([day.toordinal()], dtype=np.int64), period)[0])
+
+
+def _horizon(span: Span, period: calendar.Interval, periods: int) -> int:
+    """The first instant after the period ``periods`` periods after the range's last one."""
+    return int(calendar.period_starts(_number(span.last, period) + periods + 1, 0, period, span.zone)[0])
+
+
+def _aligned(starts: np.ndarray, end: int) -> bool:
+    """Whether every bucket starts and ends on a boundary of the rollup's 15-minute slots (true of every
+    time zone's days and hours since the 1970s; not of local mean times of old)."""
+    return bool(np.all(starts % SLOT_US == 0)) and end % SLOT_US == 0
+
+
+def _cache_key(tenant_id: str, kind: str, digest: bytes, version: str) -> str:
+    return f"tenants/{tenant_id}/analytics/{kind}/{hashlib.sha256(digest + version.encode()).hexdigest()[:40]}"
+
+
 def _column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
 
@@ -110,6 +131,72 @@ def _groups(values: list[str | None], weights: dict[str | None, float | int | No
     return sorted(set(values), key=rank)[: schemas.MAX_BREAKDOWN_GROUPS]
 
 
+_Cohorts = tuple[list[str | None], int, int, np.ndarray, np.ndarray]
+
+
+def _retention_result(
+    query: schemas.RetentionQuery,
+    span: Span,
+    labels: list[str | None],
+    low_period: int,
+    span_periods: int,
+    sizes: np.ndarray,
+    counts: np.ndarray,
+) -> schemas.RetentionResult:
+    """The answer from cohort sizes and counts, both indexed by ``group * span_periods + period - low_period``."""
+    periods = query.periods
+    weights: dict[str | None, int] = {}
+    for g, label in enumerate(labels):
+        size = int(sizes[g * span_periods : (g + 1) * span_periods].sum())
+        if size:
+            weights[label] = size
+    begins: dict[int, int] = {}
+    groups: list[schemas.RetentionGroup] = []
+    code_of = {label: g for g, label in enumerate(labels)}
+    for value in _groups(list(weights), weights):  # type: ignore[arg-type]
+        g = code_of[value]
+        cohorts: list[schemas.RetentionCohort] = []
+        average_counts = [0] * (periods + 1)
+        average_sizes = [0] * (periods + 1)
+        for p in range(span_periods):
+            key = g * span_periods + p
+            size = int(sizes[key])
+            if not size:
+                continue
+            period = low_period + p
+            row = [int(n) for n in counts[key]]
+            cohorts.append(
+                schemas.RetentionCohort(
+                    cohort=calendar.period_label(period, query.period),
+                    size=size,
+                    counts=row,
+                    percentages=[100.0 * n / size for n in row],
+                )
+            )
+            for k in range(periods + 1):
+                if period + k not in begins:
+                    first_day = calendar.period_first_day(period + k, query.period)
+                    begins[period + k] = calendar.day_start(first_day, span.zone)
+                if begins[period + k] < span.high:
+                    average_counts[k] += row[k]
+                    average_sizes[k] += size
+        groups.append(
+            schemas.RetentionGroup(
+                breakdown=value,
+                cohorts=cohorts,
+                average=schemas.RetentionAverage(
+                    counts=average_counts,
+                    sizes=average_sizes,
+                    percentages=[
+                        100.0 * n / size if size else None
+                        for n, size in zip(average_counts, average_sizes, strict=True)
+                    ],
+                ),
+            )
+        )
+    return schemas.RetentionResult(time_zone=span.zone_name, period=query.period, mode=query.mode, groups=groups)
+
+
 class AnalyticsService:
     """Every method takes the tenant explicitly; results are cached per tenant, query and lake state."""
 
@@ -129,29 +216,47 @@ class AnalyticsService:
         query: msgspec.Struct | dict[str, Any],
         result_type: type[R],
         compute: Callable[[], Awaitable[R]],
+        reads: tuple[int | None, int | None] = (None, None),
     ) -> R:
-        # Bringing the warehouse up to the lake first: results reflect what the lake holds now, and
-        # new data changes the generation, so a cached result of older data is never found again.
-        generation = await self.warehouse.refresh(tenant.tenant_id)
+        """``compute()``, or its cached result for the same tenant, query and lake files in ``reads``.
+
+        ``reads`` is the span of event times (µs, None for no bound) whose hour partitions the answer
+        depends on: new files elsewhere in the lake leave the entry valid, and a hit lists only those
+        partitions. A miss brings the warehouse up to the whole lake first, so results reflect what the
+        lake holds now.
+        """
+        tenant_id = tenant.tenant_id
         if self.cache is None:
+            await self.warehouse.refresh(tenant_id)
             return await compute()
-        digest = hashlib.sha256(_encoder.encode([kind, generation, tenant.time_zone, tenant.plan, query])).hexdigest()[
-            :40
-        ]
-        key = f"tenants/{tenant.tenant_id}/analytics/{kind}/{digest}"
-        try:
-            hit = await self.cache.get(key)
-        except Unavailable as exc:
-            log.warning("analytics_cache_unavailable", error=exc.detail)
-            hit = None
+        low, high = reads
+        digest = _encoder.encode([kind, tenant.time_zone, tenant.plan, query])
+        version = await self.warehouse.version(tenant_id, low, high, fresh=True)
+        hit = await self._cache_get(_cache_key(tenant_id, kind, digest, version))
         if hit is not None:
             return msgspec.json.decode(hit, type=result_type)
+        await self.warehouse.refresh(tenant_id)
+        version = await self.warehouse.version(tenant_id, low, high, fresh=False)
         result = await compute()
+        # Stored only if no refresh moved those partitions meanwhile (the result might mix both states).
+        if await self.warehouse.version(tenant_id, low, high, fresh=False) == version:
+            try:
+                await self.cache.set(
+                    _cache_key(tenant_id, kind, digest, version),
+                    msgspec.json.encode(result).decode(),
+                    ttl=self.cache_seconds,
+                )
+            except Unavailable as exc:
+                log.warning("analytics_cache_unavailable", error=exc.detail)
+        return result
+
+    async def _cache_get(self, key: str) -> str | None:
+        assert self.cache is not None
         try:
-            await self.cache.set(key, msgspec.json.encode(result).decode(), ttl=self.cache_seconds)
+            return await self.cache.get(key)
         except Unavailable as exc:
             log.warning("analytics_cache_unavailable", error=exc.detail)
-        return result
+            return None
 
     async def _fetch(self, tenant: TenantView, sql: str, params: Sequence[Any]) -> pa.Table:
         return await self.warehouse.fetch(tenant.tenant_id, sql, params)
@@ -187,8 +292,9 @@ class AnalyticsService:
         all_of(query.filters)
         for step in query.steps:
             all_of(step.filters)  # checks each filter now, before any I/O
+        reads = (span.low, span.high + query.conversion_window_seconds * 1_000_000)
         return await self._cached(
-            tenant, "funnel", query, schemas.FunnelResult, lambda: self._funnel(tenant, query, span)
+            tenant, "funnel", query, schemas.FunnelResult, lambda: self._funnel(tenant, query, span), reads
         )
 
     async def _funnel(self, tenant: TenantView, query: schemas.FunnelQuery, span: Span) -> schemas.FunnelResult:
@@ -255,13 +361,74 @@ class AnalyticsService:
     async def retention(self, tenant: TenantView, query: schemas.RetentionQuery) -> schemas.RetentionResult:
         span = _span(tenant, query)
         all_of(query.filters)
+        # An answer depends on every earlier event (a cohort is the first start event ever) and on
+        # returns up to `periods` after the range.
+        reads = (None, _horizon(span, query.period, query.periods))
         return await self._cached(
-            tenant, "retention", query, schemas.RetentionResult, lambda: self._retention(tenant, query, span)
+            tenant, "retention", query, schemas.RetentionResult, lambda: self._retention(tenant, query, span), reads
         )
 
     async def _retention(
         self, tenant: TenantView, query: schemas.RetentionQuery, span: Span
     ) -> schemas.RetentionResult:
+        empty = schemas.RetentionResult(time_zone=span.zone_name, period=query.period, mode=query.mode, groups=[])
+        plain = query.start_event is None and query.return_event is None and not query.filters and not query.breakdown
+        found = await (
+            self._retention_plain(tenant, query, span) if plain else self._retention_rows(tenant, query, span)
+        )
+        if found is None:
+            return empty
+        labels, low_period, span_periods, sizes, counts = found
+        return _retention_result(query, span, labels, low_period, span_periods, sizes, counts)
+
+    async def _retention_plain(self, tenant: TenantView, query: schemas.RetentionQuery, span: Span) -> _Cohorts | None:
+        """Cohorts by first seen, returns by any event: counted by the engine from the users' first and last
+        event times and each event's predecessor (a row opens a (user, period) pair when its predecessor
+        lies in an earlier period), reading only the range and the periods after it."""
+        periods = query.periods
+        first_period = _number(span.first, query.period)
+        span_periods = _number(span.last, query.period) - first_period + 1
+        bounds = calendar.period_starts(first_period, span_periods + periods, query.period, span.zone)
+        of = functools.partial(calendar.bucket_sql, bounds[:-1], int(bounds[-1]))
+        beyond = span_periods + periods
+        if query.mode == "on":
+            returns = f"""SELECT c, p - c AS k, count(*) AS n FROM (
+                    SELECT {of("first_ts")} AS c, {of("ts")} AS p, {of("prev_ts")} AS pp FROM events
+                    WHERE first_ts >= ? AND first_ts < ? AND ts < ?)
+                WHERE pp IS DISTINCT FROM p AND p > c AND p - c <= ? GROUP BY ALL"""
+            params: list[Any] = [span.low, span.high, int(bounds[-1]), periods]
+        else:
+            # A user's furthest return is their last event's period (capped: later counts as `periods`).
+            returns = f"""SELECT c, least(coalesce({of("last_ts")}, {beyond}), c + ?) - c AS k, count(*) AS n
+                FROM (SELECT {of("first_ts")} AS c, last_ts FROM users WHERE first_ts >= ? AND first_ts < ?)
+                GROUP BY ALL"""
+            params = [periods, span.low, span.high]
+        table = await self._fetch(
+            tenant,
+            f"""SELECT 0 AS kind, {of("first_ts")} AS c, 0 AS k, count(*) AS n FROM users
+                WHERE first_ts >= ? AND first_ts < ? GROUP BY ALL
+                UNION ALL SELECT 1, * FROM ({returns})""",
+            [span.low, span.high, *params],
+        )
+        kind = _column(table, "kind", np.int64)
+        cohort = _column(table, "c", np.int64)
+        offset = _column(table, "k", np.int64)
+        n = _column(table, "n", np.int64)
+        sizes = np.zeros(span_periods, dtype=np.int64)
+        np.add.at(sizes, cohort[kind == 0], n[kind == 0])
+        if not sizes.any():
+            return None
+        counts = np.zeros((span_periods, periods + 2), dtype=np.int64)
+        picked = (kind == 1) & (offset >= 1)
+        np.add.at(counts, (cohort[picked], offset[picked]), n[picked])
+        if query.mode != "on":
+            # Users who got k periods or further count in every period up to k.
+            counts = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+        counts = counts[:, : periods + 1]
+        counts[:, 0] = sizes
+        return [None], first_period, span_periods, sizes, counts
+
+    async def _retention_rows(self, tenant: TenantView, query: schemas.RetentionQuery, span: Span) -> _Cohorts | None:
         start_sql, start_params = all_of(query.filters, name=query.start_event)
         return_sql, return_params = all_of(query.filters, name=query.return_event)
         label_sql, label_params = breakdown_sql(query.breakdown) if query.breakdown else ("NULL::VARCHAR", [])
@@ -271,9 +438,8 @@ class AnalyticsService:
             f"({start_sql} OR {return_sql})",
             [*start_params, *return_params, *label_params, *start_params, *return_params],
         )
-        empty = schemas.RetentionResult(time_zone=span.zone_name, period=query.period, mode=query.mode, groups=[])
         if table.num_rows == 0:
-            return empty
+            return None
         uid = _column(table, "uid", np.int64)
         ts = _column(table, "ts", np.int64)
         is_start = _column(table, "s", bool)
@@ -284,9 +450,13 @@ class AnalyticsService:
         firsts = starts[_first_of_run(uid[starts])]
         firsts = firsts[(ts[firsts] >= span.low) & (ts[firsts] < span.high)]
         if len(firsts) == 0:
-            return empty
-        day_table = calendar.days(span.zone, int(ts.min()), int(ts.max()))
-        number = calendar.period_number(day_table.ordinal(ts), query.period)
+            return None
+        # Period numbers over the range and the periods after it only: earlier rows are neither cohorts
+        # nor returns, later ones are `periods` or more after every cohort (however far: year 9999 too).
+        horizon = _horizon(span, query.period, periods)
+        day_table = calendar.days(span.zone, span.low, horizon - 1)
+        number = calendar.period_number(day_table.ordinal(np.clip(ts, span.low, horizon - 1)), query.period)
+        number[ts >= horizon] = _number(span.last, query.period) + periods + 1
         if query.breakdown:
             codes, labels = _labels(table)
         else:
@@ -323,56 +493,7 @@ class AnalyticsService:
             np.add.at(reach, (key_of_user[ret_uid[last]], furthest), 1)
             # Users who got k periods or further count in every period up to k.
             counts[:, 1:] = np.cumsum(reach[:, ::-1], axis=1)[:, ::-1][:, 1 : periods + 1]
-        weights: dict[str | None, int] = {}
-        for g, label in enumerate(labels):
-            size = int(sizes[g * span_periods : (g + 1) * span_periods].sum())
-            if size:
-                weights[label] = size
-        begins: dict[int, int] = {}
-        groups: list[schemas.RetentionGroup] = []
-        code_of = {label: g for g, label in enumerate(labels)}
-        for value in _groups(list(weights), weights):  # type: ignore[arg-type]
-            g = code_of[value]
-            cohorts: list[schemas.RetentionCohort] = []
-            average_counts = [0] * (periods + 1)
-            average_sizes = [0] * (periods + 1)
-            for p in range(span_periods):
-                key = g * span_periods + p
-                size = int(sizes[key])
-                if not size:
-                    continue
-                period = low_period + p
-                row = [int(n) for n in counts[key]]
-                cohorts.append(
-                    schemas.RetentionCohort(
-                        cohort=calendar.period_label(period, query.period),
-                        size=size,
-                        counts=row,
-                        percentages=[100.0 * n / size for n in row],
-                    )
-                )
-                for k in range(periods + 1):
-                    if period + k not in begins:
-                        first_day = calendar.period_first_day(period + k, query.period)
-                        begins[period + k] = calendar.day_start(first_day, span.zone)
-                    if begins[period + k] < span.high:
-                        average_counts[k] += row[k]
-                        average_sizes[k] += size
-            groups.append(
-                schemas.RetentionGroup(
-                    breakdown=value,
-                    cohorts=cohorts,
-                    average=schemas.RetentionAverage(
-                        counts=average_counts,
-                        sizes=average_sizes,
-                        percentages=[
-                            100.0 * n / size if size else None
-                            for n, size in zip(average_counts, average_sizes, strict=True)
-                        ],
-                    ),
-                )
-            )
-        return schemas.RetentionResult(time_zone=span.zone_name, period=query.period, mode=query.mode, groups=groups)
+        return labels, low_period, span_periods, sizes, counts
 
     # --- trends ----------------------------------------------------------------------------
 
@@ -388,12 +509,19 @@ class AnalyticsService:
                 code="too_many_points",
             )
         return await self._cached(
-            tenant, "trends", query, schemas.TrendsResult, lambda: self._trends(tenant, query, span)
+            tenant,
+            "trends",
+            query,
+            schemas.TrendsResult,
+            lambda: self._trends(tenant, query, span),
+            (span.low, span.high),
         )
 
     async def _trends(self, tenant: TenantView, query: schemas.TrendsQuery, span: Span) -> schemas.TrendsResult:
         grid = calendar.buckets(query.interval, span.first, span.last, span.zone)
         size = len(grid.labels)
+        if not query.filters and not query.breakdown and query.measure in ("events", "users"):
+            return await self._trends_plain(tenant, query, span, grid)
         where, params = all_of(query.filters, name=query.event)
         columns: list[str] = []
         extra: list[Any] = []
@@ -491,12 +619,61 @@ class AnalyticsService:
             time_zone=span.zone_name, interval=query.interval, measure=query.measure, series=series
         )
 
+    async def _trends_plain(
+        self, tenant: TenantView, query: schemas.TrendsQuery, span: Span, grid: calendar.Buckets
+    ) -> schemas.TrendsResult:
+        """Events per bucket from the 15-minute rollup; distinct users per bucket as the rows whose
+        predecessor (of the same name, for one event) lies in another bucket or before the range."""
+        of = functools.partial(calendar.bucket_sql, grid.starts, grid.end)
+        named, params = ("AND name = ?", [query.event]) if query.event is not None else ("", [])
+        if query.measure == "events" and _aligned(grid.starts, grid.end):
+            table = await self._fetch(
+                tenant,
+                f"""SELECT {of(f"slot * {SLOT_US}")} AS b, sum(events)::BIGINT AS n, 0 AS t FROM counts
+                    WHERE slot >= ? AND slot < ? {named} GROUP BY b""",
+                [span.low // SLOT_US, span.high // SLOT_US, *params],
+            )
+        elif query.measure == "events":
+            table = await self._fetch(
+                tenant,
+                f"""SELECT {of("ts")} AS b, count(*) AS n, 0 AS t FROM events
+                    WHERE ts >= ? AND ts < ? {named} GROUP BY b""",
+                [span.low, span.high, *params],
+            )
+        else:
+            prev = "prev_same_ts" if query.event is not None else "prev_ts"
+            table = await self._fetch(
+                tenant,
+                f"""SELECT b, count(*) AS n, count(*) FILTER (WHERE {prev} IS NULL OR {prev} < ?) AS t FROM (
+                        SELECT {of("ts")} AS b, {of(prev)} AS pb, {prev} FROM events
+                        WHERE ts >= ? AND ts < ? {named})
+                    WHERE pb IS DISTINCT FROM b GROUP BY b""",
+                [span.low, span.low, span.high, *params],
+            )
+        per = np.zeros(len(grid.labels), dtype=np.int64)
+        np.add.at(per, _column(table, "b", np.int64), _column(table, "n", np.int64))
+        counted = _column(table, "n" if query.measure == "events" else "t", np.int64)
+        series = schemas.TrendSeries(
+            breakdown=None,
+            total=int(counted.sum()),
+            points=[
+                schemas.TrendPoint(start=label, value=int(value))
+                for label, value in zip(grid.labels, per.tolist(), strict=True)
+            ],
+        )
+        return schemas.TrendsResult(
+            time_zone=span.zone_name, interval=query.interval, measure=query.measure, series=[series]
+        )
+
     # --- KPIs ------------------------------------------------------------------------------
 
     async def kpis(self, tenant: TenantView, query: schemas.KpiQuery) -> schemas.KpiResult:
         span = _span(tenant, query)
         all_of(query.filters)
-        return await self._cached(tenant, "kpis", query, schemas.KpiResult, lambda: self._kpis(tenant, query, span))
+        reads = (calendar.day_start(span.first - dt.timedelta(days=29), span.zone), span.high)
+        return await self._cached(
+            tenant, "kpis", query, schemas.KpiResult, lambda: self._kpis(tenant, query, span), reads
+        )
 
     async def _kpis(self, tenant: TenantView, query: schemas.KpiQuery, span: Span) -> schemas.KpiResult:
         plan = tenant.plan
@@ -506,6 +683,8 @@ class AnalyticsService:
         starts = np.array(
             [calendar.day_start(lead + dt.timedelta(days=i), span.zone) for i in range(total_days)], dtype=np.int64
         )
+        if not query.filters:
+            return await self._kpis_plain(tenant, span, starts, count)
         first_day = span.first.toordinal()
         where, params = all_of(query.filters)
         revenue_sql, revenue_params = number_sql(plan.revenue_property)
@@ -565,6 +744,108 @@ class AnalyticsService:
         )
         return schemas.KpiResult(time_zone=span.zone_name, days=days, totals=totals)
 
+    async def _kpis_plain(self, tenant: TenantView, span: Span, starts: np.ndarray, count: int) -> schemas.KpiResult:
+        """KPIs with no filters, counted by the engine: events and orders from the 15-minute rollup,
+        distinct users from each event's predecessor (a row opens a (user, day) pair when its
+        predecessor lies on another day; that day bounds the user's 7- and 30-day windows), revenue
+        summed exactly over the range's purchase values."""
+        plan = tenant.plan
+        total_days = len(starts)
+        lead_days = total_days - count
+        of = functools.partial(calendar.bucket_sql, starts, span.high)
+        if _aligned(starts, span.high):
+            volume = f"""SELECT 2, {of(f"slot * {SLOT_US}")}, (name = ?)::BIGINT, sum(events)::BIGINT FROM counts
+                WHERE slot >= ? AND slot < ? GROUP BY ALL"""
+            volume_params: list[Any] = [plan.purchase_event, span.low // SLOT_US, span.high // SLOT_US]
+        else:
+            volume = f"""SELECT 2, {of("ts")}, (name = ?)::BIGINT, count(*) FROM events
+                WHERE ts >= ? AND ts < ? GROUP BY ALL"""
+            volume_params = [plan.purchase_event, span.low, span.high]
+        lead_low = int(starts[0])
+        table = await self._fetch(
+            tenant,
+            f"""SELECT 0 AS kind, d, p, count(*) AS n FROM (
+                    SELECT {of("ts")} AS d, {of("prev_ts")} AS p FROM events WHERE ts >= ? AND ts < ?)
+                WHERE p IS DISTINCT FROM d GROUP BY ALL
+                UNION ALL
+                SELECT 1, d, p, count(*) FROM (
+                    SELECT {of("ts")} AS d, {of("prev_same_ts")} AS p FROM events WHERE name = ? AND ts >= ? AND ts < ?)
+                WHERE p IS DISTINCT FROM d GROUP BY ALL
+                UNION ALL {volume}""",
+            [lead_low, span.high, plan.purchase_event, lead_low, span.high, *volume_params],
+        )
+        revenue_sql, revenue_params = number_sql(plan.revenue_property)
+        sales = await self._fetch(
+            tenant,
+            f"""SELECT {of("ts")} AS d, v FROM (
+                    SELECT ts, {revenue_sql} AS v FROM events WHERE name = ? AND ts >= ? AND ts < ?)
+                WHERE v IS NOT NULL""",
+            [*revenue_params, plan.purchase_event, span.low, span.high],
+        )
+        kind = _column(table, "kind", np.int64)
+        day = _column(table, "d", np.int64)
+        before = table.column("p").is_null().to_numpy(zero_copy_only=False)
+        previous = table.column("p").fill_null(-(10**6)).to_numpy(zero_copy_only=False).astype(np.int64)
+        n = _column(table, "n", np.int64)
+
+        def per_day(mask: np.ndarray) -> np.ndarray:
+            totals = np.zeros(total_days, dtype=np.int64)
+            np.add.at(totals, day[mask], n[mask])
+            return totals
+
+        def rolling(window: int) -> np.ndarray:
+            # A user counts on the days [day, day + window - 1] from each active day; a day whose
+            # previous active day is closer than the window only extends the run already counted.
+            act = kind == 0
+            begin = np.clip(
+                np.where(before[act], day[act], np.maximum(day[act], previous[act] + window)), 0, total_days
+            )
+            end = np.clip(day[act] + window, 0, total_days)
+            useful = begin < end
+            delta = np.zeros(total_days + 1, dtype=np.int64)
+            np.add.at(delta, begin[useful], n[act][useful])
+            np.subtract.at(delta, end[useful], n[act][useful])
+            return np.cumsum(delta)[:total_days]
+
+        dau = per_day(kind == 0)
+        wau, mau = rolling(7), rolling(30)
+        purchasers = per_day(kind == 1)
+        events = per_day(kind == 2)
+        orders = per_day((kind == 2) & (previous == 1))
+        sale_day = _column(sales, "d", np.int64) - lead_days
+        values = _column(sales, "v", np.float64)
+        revenue = engine.fsum_by(sale_day, values, count)
+        days = []
+        for i in range(count):
+            j = lead_days + i
+            active, buyers = int(dau[j]), int(purchasers[j])
+            days.append(
+                schemas.KpiDay(
+                    date=(span.first + dt.timedelta(days=i)).isoformat(),
+                    dau=active,
+                    wau=int(wau[j]),
+                    mau=int(mau[j]),
+                    events=int(events[j]),
+                    orders=int(orders[j]),
+                    revenue=revenue[i],
+                    purchasers=buyers,
+                    conversion_rate=buyers / active if active else None,
+                )
+            )
+        # A user counts once over the range: on their first active day in it.
+        opening = (day >= lead_days) & (before | (previous < lead_days))
+        active_users = int(n[(kind == 0) & opening].sum())
+        buyers = int(n[(kind == 1) & opening].sum())
+        totals = schemas.KpiTotals(
+            active_users=active_users,
+            events=int(events[lead_days:].sum()),
+            orders=int(orders[lead_days:].sum()),
+            revenue=math.fsum(values.tolist()),
+            purchasers=buyers,
+            conversion_rate=buyers / active_users if active_users else None,
+        )
+        return schemas.KpiResult(time_zone=span.zone_name, days=days, totals=totals)
+
     # --- products --------------------------------------------------------------------------
 
     async def products(self, tenant: TenantView, query: schemas.ProductsQuery) -> schemas.ProductsResult:
@@ -573,7 +854,12 @@ class AnalyticsService:
         offset = _decode_cursor(query.cursor)
         whole = msgspec.structs.replace(query, cursor=None, limit=1)
         every = await self._cached(
-            tenant, "products", whole, list[schemas.ProductRow], lambda: self._products(tenant, query, span)
+            tenant,
+            "products",
+            whole,
+            list[schemas.ProductRow],
+            lambda: self._products(tenant, query, span),
+            (span.low, span.high),
         )
         items = every[offset : offset + query.limit]
         more = offset + query.limit < len(every)
@@ -664,43 +950,49 @@ class AnalyticsService:
 
     async def ltv(self, tenant: TenantView, query: schemas.LtvQuery) -> schemas.LtvResult:
         span = _span(tenant, query)
-        return await self._cached(tenant, "ltv", query, schemas.LtvResult, lambda: self._ltv(tenant, query, span))
+        reads = (None, _horizon(span, "month", query.months - 1))
+        return await self._cached(
+            tenant, "ltv", query, schemas.LtvResult, lambda: self._ltv(tenant, query, span), reads
+        )
 
     async def _ltv(self, tenant: TenantView, query: schemas.LtvQuery, span: Span) -> schemas.LtvResult:
+        """Cohorts from the users' first-seen times; sales of those users up to ``months`` after the last
+        cohort only, each with its cohort and month computed by the engine; sums exact."""
         plan = tenant.plan
-        revenue_sql, revenue_params = number_sql(plan.revenue_property)
-        table = await self._ordered(
-            tenant, f"CASE WHEN name = ? THEN {revenue_sql} END AS v", "true", [plan.purchase_event, *revenue_params]
+        first_month = _number(span.first, "month")
+        cohorts_count = _number(span.last, "month") - first_month + 1
+        bounds = calendar.period_starts(first_month, cohorts_count + query.months - 1, "month", span.zone)
+        of = functools.partial(calendar.bucket_sql, bounds[:-1], int(bounds[-1]))
+        sizes = await self._fetch(
+            tenant,
+            f"SELECT {of('first_ts')} AS c, count(*) AS n FROM users WHERE first_ts >= ? AND first_ts < ? GROUP BY c",
+            [span.low, span.high],
         )
-        uid = _column(table, "uid", np.int64)
-        ts = _column(table, "ts", np.int64)
-        value = _column(table, "v", np.float64)
-        # First seen: each user's first row (rows come by user, then time).
-        firsts = np.flatnonzero(_first_of_run(uid))
-        firsts = firsts[(ts[firsts] >= span.low) & (ts[firsts] < span.high)]
-        if len(firsts) == 0:
+        if sizes.num_rows == 0:
             return schemas.LtvResult(time_zone=span.zone_name, cohorts=[])
-        day_table = calendar.days(span.zone, int(ts.min()), int(ts.max()))
-        month = calendar.period_number(day_table.ordinal(ts), "month")
-        cohort_of_user = np.full(int(uid.max()) + 1, -1, dtype=np.int64)
-        cohort_of_user[uid[firsts]] = month[firsts]
-        sales = np.flatnonzero(~np.isnan(value))
-        sales = sales[cohort_of_user[uid[sales]] >= 0]
-        sale_cohort = cohort_of_user[uid[sales]]
-        offset = month[sales] - sale_cohort
-        sale_value = value[sales]
+        revenue_sql, revenue_params = number_sql(plan.revenue_property)
+        sales = await self._fetch(
+            tenant,
+            f"""SELECT c, m - c AS k, v FROM (
+                    SELECT {of("first_ts")} AS c, {of("ts")} AS m, {revenue_sql} AS v FROM events
+                    WHERE name = ? AND first_ts >= ? AND first_ts < ? AND ts < ?)
+                WHERE v IS NOT NULL AND m - c < ?""",
+            [*revenue_params, plan.purchase_event, span.low, span.high, int(bounds[-1]), query.months],
+        )
+        users = dict(zip(_column(sizes, "c", np.int64).tolist(), _column(sizes, "n", np.int64).tolist(), strict=True))
+        sale_cohort = _column(sales, "c", np.int64)
+        offset = _column(sales, "k", np.int64)
+        value = _column(sales, "v", np.float64)
         cohorts = []
-        first_months = month[firsts]
-        for cohort in np.unique(first_months).tolist():
-            users = int(np.count_nonzero(first_months == cohort))
+        for cohort in sorted(users):
             mine = sale_cohort == cohort
-            revenue = [math.fsum(sale_value[mine & (offset <= m)].tolist()) for m in range(query.months)]
+            revenue = [math.fsum(value[mine & (offset <= m)].tolist()) for m in range(query.months)]
             cohorts.append(
                 schemas.LtvCohort(
-                    cohort=calendar.period_label(cohort, "month"),
-                    users=users,
+                    cohort=calendar.period_label(first_month + cohort, "month"),
+                    users=users[cohort],
                     revenue=revenue,
-                    ltv=[total / users for total in revenue],
+                    ltv=[total / users[cohort] for total in revenue],
                 )
             )
         return schemas.LtvResult(time_zone=span.zone_name, cohorts=cohorts)

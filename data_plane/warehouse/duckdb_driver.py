@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import os
 import threading
@@ -18,22 +19,27 @@ import pyarrow as pa
 from data_plane.lake.layout import Partition, check_tenant_id, events_prefix
 from data_plane.lake.reader import read_files
 from data_plane.lake.store import LocalObjectStore, ObjectStore
-from data_plane.warehouse.port import warehouse_drivers
+from data_plane.warehouse.port import SLOT_US, warehouse_drivers
 from kernel.errors import NotFound, Unavailable
 
 UNAVAILABLE = "warehouse_unavailable"
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _COLUMNS = ("message_id", "received_at", "timestamp", "type", "event", "user_id", "anonymous_id", "properties")
 _MAX_REFRESH_ATTEMPTS = 4
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MIN_US = -62_135_596_800_000_000
+_MAX_US = 253_402_300_799_999_999
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta (schema_version INTEGER);
 CREATE TABLE IF NOT EXISTS ingested (part VARCHAR, key VARCHAR, size BIGINT);
-CREATE TABLE IF NOT EXISTS users (user_key VARCHAR, uid INTEGER);
+CREATE TABLE IF NOT EXISTS users (user_key VARCHAR, uid INTEGER, first_ts BIGINT, last_ts BIGINT);
 CREATE TABLE IF NOT EXISTS events (
     message_id VARCHAR, part VARCHAR, received_at BIGINT, ts BIGINT, uid INTEGER,
-    name VARCHAR, product_id VARCHAR, properties VARCHAR, settled BOOLEAN
+    name VARCHAR, product_id VARCHAR, properties VARCHAR, settled BOOLEAN,
+    first_ts BIGINT, prev_ts BIGINT, prev_same_ts BIGINT
 );
+CREATE TABLE IF NOT EXISTS counts (slot BIGINT, name VARCHAR, events BIGINT);
 CREATE TABLE IF NOT EXISTS product_lines (
     message_id VARCHAR, part VARCHAR, uid INTEGER, ts BIGINT, name VARCHAR, line INTEGER,
     product_id VARCHAR, price DOUBLE, quantity DOUBLE
@@ -68,15 +74,19 @@ WHERE type IN ('track', 'page', 'screen') AND (user_id IS NOT NULL OR anonymous_
 
 _MERGE = [
     # A copy of the same message id already held from another partition: the earlier receipt wins.
+    """INSERT INTO touched SELECT e.uid, e.ts FROM events e JOIN incoming i USING (message_id)
+       WHERE i.received_at < e.received_at""",
     """DELETE FROM events WHERE message_id IN (
         SELECT e.message_id FROM events e JOIN incoming i USING (message_id) WHERE i.received_at < e.received_at)""",
     "DELETE FROM incoming WHERE message_id IN (SELECT message_id FROM events)",
     "DELETE FROM product_lines WHERE message_id IN (SELECT message_id FROM incoming)",
     """INSERT INTO users
-       SELECT user_key, (SELECT coalesce(max(uid), -1) FROM users) + row_number() OVER (ORDER BY user_key)
+       SELECT user_key, (SELECT coalesce(max(uid), -1) FROM users) + row_number() OVER (ORDER BY user_key),
+              NULL, NULL
        FROM (SELECT DISTINCT user_key FROM incoming WHERE user_key NOT IN (SELECT user_key FROM users))""",
     """INSERT INTO events
-       SELECT i.message_id, i.part, i.received_at, i.ts, u.uid, i.name, i.product_id, i.properties, false
+       SELECT i.message_id, i.part, i.received_at, i.ts, u.uid, i.name, i.product_id, i.properties, false,
+              NULL, NULL, NULL
        FROM incoming i JOIN users u USING (user_key)""",
     """INSERT INTO product_lines
        WITH carts AS (
@@ -93,6 +103,38 @@ _MERGE = [
                    THEN TRY_CAST(json_extract(item, '$.quantity') AS DOUBLE) END
        FROM carts WHERE json_type(item, '$.product_id') = 'VARCHAR'""",
     "DROP TABLE incoming",
+]
+
+_SLOT = f"((ts - ((ts % {SLOT_US}) + {SLOT_US}) % {SLOT_US}) // {SLOT_US})"  # floor division, also before 1970
+
+# Each user's first event, and each event's previous one of the same user (and of the same user and
+# name), in event order: a row starts a user's run in a bucket exactly when its predecessor lies in
+# another bucket, so distinct users per day, week or cohort period are plain counts.
+_DERIVED = """min(ts) OVER (PARTITION BY uid) AS first_ts,
+    lag(ts) OVER (PARTITION BY uid ORDER BY ts, message_id) AS prev_ts,
+    lag(ts) OVER (PARTITION BY uid, name ORDER BY ts, message_id) AS prev_same_ts"""
+
+# What a merge changed, kept up to date for the users and 15-minute slots it touched only.
+_DERIVE = [
+    f"""UPDATE events SET first_ts = d.first_ts, prev_ts = d.prev_ts, prev_same_ts = d.prev_same_ts
+        FROM (SELECT message_id, {_DERIVED} FROM events WHERE uid IN (SELECT uid FROM touched)) d
+        WHERE events.message_id = d.message_id AND events.uid IN (SELECT uid FROM touched)""",
+]
+_ROLL_UP = [
+    """UPDATE users SET first_ts = s.first_ts, last_ts = s.last_ts
+       FROM (SELECT t.uid, min(e.ts) AS first_ts, max(e.ts) AS last_ts
+             FROM (SELECT DISTINCT uid FROM touched) t LEFT JOIN events e USING (uid) GROUP BY t.uid) s
+       WHERE users.uid = s.uid""",
+    f"CREATE OR REPLACE TEMP TABLE touched_slots AS SELECT DISTINCT {_SLOT} AS slot FROM touched",
+    "DELETE FROM counts WHERE slot IN (SELECT slot FROM touched_slots)",
+    f"""INSERT INTO counts
+        SELECT {_SLOT} AS slot, name, count(*) FROM events
+        WHERE ts >= (SELECT min(slot) FROM touched_slots) * {SLOT_US}
+          AND ts < ((SELECT max(slot) FROM touched_slots) + 1) * {SLOT_US}
+          AND {_SLOT} IN (SELECT slot FROM touched_slots)
+        GROUP BY ALL""",
+    "DROP TABLE touched_slots",
+    "DROP TABLE touched",
 ]
 
 
@@ -127,19 +169,43 @@ def _generation(parts: dict[str, frozenset[tuple[str, int]]]) -> str:
 _RACY_NS = 2_000_000_000
 
 
+def _parts_between(low_us: int | None, high_us: int | None) -> tuple[str, str]:
+    """The partition names (``date/hour``) an instant range ``[low_us, high_us)`` falls in, as an
+    inclusive pair of bounds that compare as text (ISO dates with four-digit years do)."""
+
+    def name(us: int) -> str:
+        # Clamped to the instants a datetime holds: lake partitions lie within years 1..9999.
+        moment = _EPOCH + dt.timedelta(microseconds=min(max(us, _MIN_US), _MAX_US))
+        return f"{moment.date().isoformat()}/{moment.hour:02d}"
+
+    first = name(low_us) if low_us is not None else ""
+    last = name(high_us - 1) if high_us is not None else "~"
+    return first, last
+
+
 def _local_listing(
-    root: Path, tenant_id: str, folders: dict[str, tuple[int, frozenset[tuple[str, int]]]]
+    root: Path,
+    tenant_id: str,
+    folders: dict[str, tuple[int, frozenset[tuple[str, int]]]],
+    bounds: tuple[str, str] = ("", "~"),
 ) -> dict[str, frozenset[tuple[str, int]]]:
     """Like ``LocalObjectStore.list`` of the tenant's events, but re-reading only hour folders whose
-    modification time moved (a file put, renamed over or deleted in a folder changes its time)."""
+    modification time moved (a file put, renamed over or deleted in a folder changes its time), and
+    only the partitions within ``bounds`` (see ``_parts_between``)."""
+    first_date, last_date = bounds[0][:10], bounds[1][:10]
     base = root.joinpath(*events_prefix(tenant_id).rstrip("/").split("/"))
     now = time.time_ns()
     found: dict[str, frozenset[tuple[str, int]]] = {}
     seen: set[str] = set()
     try:
-        days = [entry for entry in os.scandir(base) if entry.is_dir() and entry.name.startswith("date=")]
+        days = [
+            entry
+            for entry in os.scandir(base)
+            if entry.is_dir() and entry.name.startswith("date=") and first_date <= entry.name[5:] <= last_date
+        ]
     except FileNotFoundError:
-        folders.clear()
+        for gone in [folder for folder in folders if bounds[0] <= _folder_part(folder) <= bounds[1]]:
+            del folders[gone]
         return {}
     for day in days:
         try:
@@ -148,6 +214,8 @@ def _local_listing(
             continue
         for hour in hours:
             folder = f"{day.name}/{hour.name}"
+            if not bounds[0] <= _folder_part(folder) <= bounds[1]:
+                continue
             try:
                 stamp = hour.stat().st_mtime_ns
             except FileNotFoundError:
@@ -174,8 +242,15 @@ def _local_listing(
                 if partition is not None:
                     found[_part_of(partition)] = files
     for gone in set(folders) - seen:
-        del folders[gone]
+        if bounds[0] <= _folder_part(gone) <= bounds[1]:
+            del folders[gone]
     return found
+
+
+def _folder_part(folder: str) -> str:
+    """``date=2026-01-05/hour=07`` as the partition name ``2026-01-05/07``."""
+    day, _, hour = folder.partition("/")
+    return f"{day[5:]}/{hour[5:]}"
 
 
 def _part_of(partition: Partition) -> str:
@@ -263,16 +338,31 @@ class DuckDBWarehouse:
                         ) from None
         raise AssertionError("unreachable")
 
-    async def _list(self, tenant_id: str, tenant: _Tenant) -> dict[str, frozenset[tuple[str, int]]]:
-        """The tenant's lake files by partition (``date/hour``) as ``(key, size)`` pairs."""
+    async def version(
+        self, tenant_id: str, low_us: int | None = None, high_us: int | None = None, *, fresh: bool = True
+    ) -> str:
+        tenant = await self._tenant(tenant_id)
+        bounds = _parts_between(low_us, high_us)
+        if fresh:
+            parts = await self._list(tenant_id, tenant, bounds)
+        else:
+            parts = {part: files for part, files in tenant.parts.items() if bounds[0] <= part <= bounds[1]}
+        return _generation(parts)
+
+    async def _list(
+        self, tenant_id: str, tenant: _Tenant, bounds: tuple[str, str] = ("", "~")
+    ) -> dict[str, frozenset[tuple[str, int]]]:
+        """The tenant's lake files by partition (``date/hour``) as ``(key, size)`` pairs, within ``bounds``."""
         if isinstance(self._store, LocalObjectStore):
-            return await asyncio.to_thread(_local_listing, self._store.root, tenant_id, tenant.folders)
+            return await asyncio.to_thread(_local_listing, self._store.root, tenant_id, tenant.folders, bounds)
         listed: dict[str, set[tuple[str, int]]] = {}
         for info in await self._store.list(events_prefix(tenant_id)):
             partition = Partition.from_key(info.key)
             if partition is None or partition.tenant_id != tenant_id:
                 continue
-            listed.setdefault(_part_of(partition), set()).add((info.key, info.size))
+            part = _part_of(partition)
+            if bounds[0] <= part <= bounds[1]:
+                listed.setdefault(part, set()).add((info.key, info.size))
         return {part: frozenset(files) for part, files in listed.items()}
 
     async def _refresh(self, tenant_id: str, tenant: _Tenant) -> str:
@@ -315,6 +405,11 @@ class DuckDBWarehouse:
             cursor = tenant.connection.cursor()
             try:
                 cursor.execute("BEGIN")
+                cursor.execute("CREATE OR REPLACE TEMP TABLE touched (uid INTEGER, ts BIGINT)")
+                cursor.execute(
+                    "INSERT INTO touched SELECT uid, ts FROM events WHERE part IN (SELECT unnest(?::VARCHAR[]))",
+                    [parts],
+                )
                 for table in ("events", "product_lines", "ingested"):
                     cursor.execute(f"DELETE FROM {table} WHERE part IN (SELECT unnest(?::VARCHAR[]))", [parts])
                 if isinstance(source, pa.Table):
@@ -327,6 +422,10 @@ class DuckDBWarehouse:
                 if isinstance(source, pa.Table) or source:
                     for statement in _MERGE:
                         cursor.execute(statement)
+                    cursor.execute(
+                        "INSERT INTO touched SELECT uid, ts FROM events WHERE part IN (SELECT unnest(?::VARCHAR[]))",
+                        [parts],
+                    )
                 if rows:
                     cursor.executemany("INSERT INTO ingested VALUES (?, ?, ?)", rows)
                 row = cursor.execute("SELECT count(*) FILTER (WHERE NOT settled), count(*) FROM events").fetchone()
@@ -335,11 +434,16 @@ class DuckDBWarehouse:
                     # Lay the table out by user again: scans then come in (uid, ts, message_id) order,
                     # so queries need no sort. Rows added since wait unsettled (queries sort those).
                     cursor.execute(
-                        "CREATE TABLE events_sorted AS SELECT * REPLACE (true AS settled) FROM events "
+                        f"CREATE TABLE events_sorted AS SELECT * REPLACE (true AS settled, {_DERIVED}) FROM events "
                         "ORDER BY uid, ts, message_id"
                     )
                     cursor.execute("DROP TABLE events")
                     cursor.execute("ALTER TABLE events_sorted RENAME TO events")
+                else:
+                    for statement in _DERIVE:
+                        cursor.execute(statement)
+                for statement in _ROLL_UP:
+                    cursor.execute(statement)
                 cursor.execute("COMMIT")
             except duckdb.IOException as exc:
                 cursor.execute("ROLLBACK")
