@@ -212,3 +212,39 @@ def test_cached_results_expire_within_five_minutes(tmp_path, aio) -> None:
         assert aio(cache.get(key)) is None
     finally:
         aio(warehouse.close())
+
+
+def test_a_cached_answer_survives_new_data_outside_the_partitions_it_read(cache, tmp_path, aio) -> None:
+    store = LocalObjectStore(tmp_path / "lake")
+    aio(write_lake(store, [shop("ten_a", 4)]))
+    warehouse = DuckDBWarehouse(store, threads=1)
+    service = AnalyticsService(warehouse, cache, cache_seconds=300)
+    query = schemas.TrendsQuery(from_date=DAY, to_date=DAY, measure="events")
+    calls = 0
+    real_fetch = warehouse.fetch
+
+    async def counting_fetch(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await real_fetch(*args, **kwargs)
+
+    warehouse.fetch = counting_fetch  # type: ignore[method-assign]
+    try:
+        assert aio(service.trends(tenant(tenant_id="ten_a"), query)).series[0].total == 6
+        # A week later lands in other partitions: the day's answer stays cached.
+        later = [
+            msgspec.structs.replace(e, message_id=e.message_id + "-later", timestamp=e.timestamp + dt.timedelta(days=7))
+            for e in shop("ten_a", 2)
+        ]
+        aio(write_lake(store, [later]))
+        assert aio(service.trends(tenant(tenant_id="ten_a"), query)).series[0].total == 6
+        assert calls == 1
+        # The same day gets more events: its partitions changed, so the answer is computed again.
+        aio(write_lake(store, [shop("ten_a", 8, start=100)[-3:]]))
+        assert aio(service.trends(tenant(tenant_id="ten_a"), query)).series[0].total == 9
+        assert calls == 2
+        # A query over both weeks sees every event (a miss brings in the whole lake).
+        both = schemas.TrendsQuery(from_date=DAY, to_date=DAY + dt.timedelta(days=7), measure="events")
+        assert aio(service.trends(tenant(tenant_id="ten_a"), both)).series[0].total == 12
+    finally:
+        aio(warehouse.close())
