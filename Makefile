@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= auto
 
 SDK := sdk-js
+CONSOLE := control_plane/console
 
-.PHONY: run test install migrate openapi openapi-check lint clean bench sdk
+.PHONY: run test install migrate openapi openapi-check lint clean bench sdk console
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Livora needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -20,12 +21,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## run: install, migrate the embedded SQLite database under ./var and serve on http://127.0.0.1:8000
-run: $(STAMP)
+run: $(STAMP) console
 	$(BIN)/livora run
 
 ## test: lint, the browser SDK (build, size budget, unit tests), then the whole suite (SQLite and
 ## PostgreSQL, memory and Redis drivers, the SDK in headless Chromium)
-test: $(STAMP) lint sdk
+test: $(STAMP) lint sdk console
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 $(SDK)/node_modules/.package-lock.json: $(SDK)/package-lock.json
@@ -34,6 +35,12 @@ $(SDK)/node_modules/.package-lock.json: $(SDK)/package-lock.json
 ## sdk: the browser SDK: npm packages, build (fails over its size budget), unit tests
 sdk: $(SDK)/node_modules/.package-lock.json
 	cd $(SDK) && npm run build && npm test
+
+$(CONSOLE)/static/vendor/htmx.min.js: $(CONSOLE)/package-lock.json $(CONSOLE)/vendor.mjs
+	cd $(CONSOLE) && npm ci --no-audit --no-fund && npm run build
+
+## console: the admin console's front-end assets (htmx), from the npm registry into its static/vendor folder
+console: $(CONSOLE)/static/vendor/htmx.min.js
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from control_plane.audit.routes import AuditController
 from control_plane.billing.jobs import billing_task
 from control_plane.billing.routes import BillingIntakeController, FinanceController, TenantBillingController
 from control_plane.cells.routes import CellConfigController, CellController
+from control_plane.console.routes import console_router
 from control_plane.http import SESSION_COOKIE, authorize, edge_middleware, provide_principal, provide_services
 from control_plane.identity.routes import (
     AuthController,
@@ -157,7 +158,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = Litestar(
         # The OpenAPI document is served outside this router: public, unguarded.
-        route_handlers=[Router(path="/", route_handlers=ROUTES, guards=[authorize])],
+        # The console's pages: the same guard, HTML error pages and CSRF checks of their own.
+        route_handlers=[Router(path="/", route_handlers=ROUTES, guards=[authorize]), console_router()],
         state=State({"runtime": runtime}),
         dependencies={
             "services": Provide(provide_services),

@@ -19,7 +19,7 @@ from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import token_hash
 from control_plane.rbac.authorizer import PLATFORM, tenant_domain
 from control_plane.runtime import Runtime, Services
-from kernel.errors import NotAuthenticated, NotFound, PermissionDenied
+from kernel.errors import AppError, NotAuthenticated, NotFound, PermissionDenied
 from kernel.http import current_request
 from kernel.logging import get_logger
 from kernel.tenancy import dangerously_unscoped, tenant_scope
@@ -28,6 +28,12 @@ SESSION_COOKIE = "livora_session"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 log = get_logger("livora.control_plane")
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    title = "Unsupported media type"
+    default_code = "unsupported_media_type"
 
 
 def _credential(scope: Scope) -> str | None:
@@ -48,6 +54,31 @@ def _credential(scope: Scope) -> str | None:
     return None
 
 
+def _header(scope: Scope, wanted: bytes) -> str:
+    for name, value in scope.get("headers") or ():
+        if name == wanted:
+            return value.decode("latin-1")
+    return ""
+
+
+def _cross_site_capable_body(scope: Scope) -> bool:
+    """A cookie-authenticated API write whose body is not declared JSON.
+
+    A page of another site can make a browser send the session cookie with a ``text/plain`` (or form)
+    body without a CORS preflight; only ``application/json`` needs one. The API refuses those bodies,
+    so the cookie alone never authorises a cross-site write (the console's forms carry a CSRF token).
+    """
+    if scope.get("method") not in MUTATING or not scope.get("path", "").startswith("/api/"):
+        return False
+    if _header(scope, b"authorization").partition(" ")[0].lower() == "bearer":
+        return False
+    length = _header(scope, b"content-length").strip()
+    if (length in ("", "0")) and not _header(scope, b"transfer-encoding"):
+        return False
+    media_type = _header(scope, b"content-type").partition(";")[0].strip().lower()
+    return not (media_type == "application/json" or media_type.endswith("+json"))
+
+
 def edge_middleware(app: ASGIApp) -> ASGIApp:
     """Resolve the principal, enter the URL's tenant scope, and audit failed mutations."""
 
@@ -65,6 +96,11 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
                     principal = await services.api_keys.authenticate(token)
                 else:
                     principal = await services.identity.authenticate_session(token)
+        if principal is not None and _cross_site_capable_body(scope):
+            raise UnsupportedMediaType(
+                "Send the body as application/json (with the session cookie, other media types are refused).",
+                code="unsupported_media_type",
+            )
         scope["user"] = principal
         scope["auth"] = {"credential_given": token is not None, "api_key": bool(token and token.startswith("lvk_"))}
         tenant_id = scope.get("path_params", {}).get("tenant_id")

@@ -200,6 +200,7 @@ def _banner(settings: Settings, bootstrap_password: str | None, cell_url: str) -
     lines = [
         "",
         f"Livora control plane on {base}",
+        f"  Console:  {base}/console   (sign in with your email and password, or your organisation's SSO)",
         f"  Ingestion (Segment-compatible, the built-in cell): {cell_url}/v1/batch",
         f"  API:      {base}/api/v1   (OpenAPI document: {base}/schema/openapi.json)",
         f"  Health:   {base}/health  {base}/ready",
@@ -213,14 +214,17 @@ def _banner(settings: Settings, bootstrap_password: str | None, cell_url: str) -
             "First start: an ops admin was created. Its password is shown this once:",
             f"  email:    {BOOTSTRAP_EMAIL}",
             f"  password: {bootstrap_password}",
-            "Sign in:",
+            f"Sign in at {base}/console and change the password on your account page; from a script:",
             f"  curl -s {base}/api/v1/auth/login -H 'Content-Type: application/json' \\",
             f'       -d \'{{"email": "{BOOTSTRAP_EMAIL}", "password": "{bootstrap_password}"}}\'',
-            "then change the password (POST /api/v1/auth/password).",
             "",
         ]
     else:
-        lines += ["", "Sign in with your ops admin; `livora create-admin --email you@example.com` makes or resets one."]
+        lines += [
+            "",
+            f"Sign in at {base}/console with your ops admin; `livora create-admin --email you@example.com` makes or"
+            " resets one.",
+        ]
         lines.append("")
     lines.append("Press Ctrl+C to stop.")
     print("\n".join(lines), flush=True)

@@ -174,3 +174,7 @@ from control_plane.cells.models import Cell, TenantPlacement  # noqa: E402, F401
 from provisioning.models import ProvisioningRun, ProvisioningStep  # noqa: E402, F401
 
 GLOBAL_TABLES = GLOBAL_TABLES | _CELLS_GLOBAL_TABLES
+from control_plane.identity.models import GLOBAL_TABLES as _IDENTITY_GLOBAL_TABLES  # noqa: E402
+from control_plane.identity.models import PasswordReset  # noqa: E402, F401
+
+GLOBAL_TABLES = GLOBAL_TABLES | _IDENTITY_GLOBAL_TABLES

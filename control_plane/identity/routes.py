@@ -89,6 +89,62 @@ class AuthController(Controller):
             raise PermissionDenied("API keys have no password.", code="not_a_session")
         await services.identity.change_password(principal, data)
 
+    @get("/sessions", operation_id="ListMySessions", opt={"authenticated": True})
+    async def list_sessions(
+        self, services: NamedDependency[Services], principal: NamedDependency[Principal]
+    ) -> list[schemas.SessionInfo]:
+        """Your signed-in sessions that have not expired, newest first; `current` is the one of this request."""
+        if principal.kind != "user":
+            raise PermissionDenied("API keys have no sessions.", code="not_a_session")
+        return await services.identity.list_sessions(principal)
+
+    @delete(
+        "/sessions/{session_id:str}",
+        operation_id="RevokeMySession",
+        status_code=204,
+        opt={"authenticated": True, "audit": "session.revoked"},
+    )
+    async def revoke_session(
+        self, session_id: FromPath[str], services: NamedDependency[Services], principal: NamedDependency[Principal]
+    ) -> None:
+        """Sign out one of your sessions (for example on a lost laptop). Another person's session answers 404."""
+        if principal.kind != "user":
+            raise PermissionDenied("API keys have no sessions.", code="not_a_session")
+        await services.identity.revoke_session(principal, session_id)
+
+    @post(
+        "/password/forgot",
+        operation_id="ForgotPassword",
+        status_code=202,
+        opt={"public": True, "audit": "password_reset.requested"},
+    )
+    async def forgot_password(
+        self,
+        data: JSONBody[schemas.PasswordForgotten],
+        services: NamedDependency[Services],
+        request: Request[Any, Any, Any],
+    ) -> None:
+        """Mail a password-reset link (single use, valid 30 minutes) if an account has this email.
+
+        Always answers 202, whether or not the account exists.
+        """
+        await services.identity.request_password_reset(
+            data.email, source_ip=request.client.host if request.client else None
+        )
+
+    @post(
+        "/password/reset",
+        operation_id="ResetPassword",
+        status_code=204,
+        opt={"public": True, "audit": "password_reset.completed", "problems": (404, 410)},
+    )
+    async def reset_password(self, data: JSONBody[schemas.PasswordReset], services: NamedDependency[Services]) -> None:
+        """Choose a new password with the code of a reset mail. Every session of the account ends.
+
+        Unknown codes answer 404, used ones 409, expired ones 410.
+        """
+        await services.identity.reset_password(data.token, data.new_password)
+
 
 class UserController(Controller):
     path = "/api/v1/users"

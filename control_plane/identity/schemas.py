@@ -112,3 +112,37 @@ class InviteAccepted(msgspec.Struct, kw_only=True):
     user: User
     tenant_id: str | None
     role: str
+
+
+class SessionInfo(msgspec.Struct, kw_only=True):
+    """One of your sign-in sessions (its token is never shown again)."""
+
+    id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    source_ip: str | None
+    user_agent: str | None
+    # The session this request was made with.
+    current: bool
+
+
+class PasswordForgotten(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=320)]
+
+
+class PasswordReset(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The code from the reset mail's link.
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    new_password: Password
+
+
+class InvitePreview(msgspec.Struct, kw_only=True):
+    """What an invitation code opens, shown on its accept page before anything is changed."""
+
+    email: str
+    role: str
+    # The workspace's name; null for a platform-role invitation.
+    tenant_name: str | None
+    expires_at: dt.datetime
+    # True when accepting creates the account (it then chooses its password).
+    needs_password: bool

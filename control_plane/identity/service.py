@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from control_plane.audit.service import AuditService
 from control_plane.db.models import Invite, Membership, Tenant, User, UserSession
 from control_plane.identity import schemas
+from control_plane.identity.models import PasswordReset
 from control_plane.identity.principal import Principal
 from control_plane.identity.secrets import Passwords, check_password_strength, new_token, token_hash
 from control_plane.settings import Settings
@@ -33,6 +34,12 @@ from kernel.tenancy import dangerously_unscoped, tenant_scope
 
 SESSION_PREFIX = "lvs"
 INVITE_PREFIX = "lvi"
+RESET_PREFIX = "lvr"
+# A reset link works once, for thirty minutes.
+RESET_TTL = dt.timedelta(minutes=30)
+# Reset mails one email may trigger per window: enough for a typo, too few to flood an inbox.
+RESET_MAILS_PER_WINDOW = 3
+RESET_WINDOW_SECONDS = 15 * 60
 MAX_LOCKOUT_SECONDS = 3600
 GENERIC_LOGIN_ERROR = "The email or password is incorrect."
 
@@ -99,6 +106,11 @@ class LoginThrottle:
     async def succeeded(self, email: str) -> None:
         await self.kv.delete(f"login:fail:{email}")
 
+    async def lift(self, email: str) -> None:
+        """A reset password ends the lockout its owner may have run into."""
+        await self.kv.delete(f"login:fail:{email}")
+        await self.kv.delete(f"login:lock:{email}")
+
 
 class IdentityService:
     def __init__(
@@ -115,6 +127,7 @@ class IdentityService:
         self.passwords = passwords
         self.mailer = mailer
         self.audit = audit
+        self.kv = kv
         self.throttle = LoginThrottle(kv, settings)
 
     # --- users --------------------------------------------------------------------------
@@ -304,6 +317,111 @@ class IdentityService:
         with dangerously_unscoped():
             await self.db.commit()
 
+    async def list_sessions(self, principal: Principal) -> list[schemas.SessionInfo]:
+        """The caller's sessions that have not expired, newest first; ``current`` marks this one."""
+        rows = await self.db.scalars(
+            select(UserSession)
+            .where(UserSession.user_id == principal.id, UserSession.expires_at > utcnow())
+            .order_by(UserSession.created_at.desc(), UserSession.id)
+        )
+        return [
+            schemas.SessionInfo(
+                id=s.id,
+                created_at=s.created_at,
+                expires_at=s.expires_at,
+                source_ip=s.source_ip,
+                user_agent=s.user_agent,
+                current=s.id == principal.session_id,
+            )
+            for s in rows
+        ]
+
+    async def revoke_session(self, principal: Principal, session_id: str) -> None:
+        """End one of the caller's own sessions (another person's answers 404, like a missing one)."""
+        result = await self.db.execute(
+            delete(UserSession).where(UserSession.id == session_id, UserSession.user_id == principal.id)
+        )
+        if not result.rowcount:
+            raise NotFound(f"No session {session_id}.", code="session_not_found")
+        self.audit.record("session.revoked", tenant_id=None, target_type="session", target_id=session_id)
+        with dangerously_unscoped():
+            await self.db.commit()
+
+    # --- forgotten passwords ------------------------------------------------------------
+
+    async def request_password_reset(self, email: str, *, source_ip: str | None) -> None:
+        """Mail a single-use reset link to ``email`` if an active account has it.
+
+        The caller learns nothing either way (no account enumeration); a few mails per email
+        and window at most, the rest are dropped silently.
+        """
+        email = normalize_email(email)
+        sent = await self.kv.incr(f"pwreset:mail:{email}", ttl=RESET_WINDOW_SECONDS)
+        user = await self._user_by_email(email)
+        if user is None or not user.is_active or sent > RESET_MAILS_PER_WINDOW:
+            return
+        now = utcnow()
+        token = new_token(RESET_PREFIX)
+        reset = PasswordReset(
+            id=new_id("pwr"),
+            user_id=user.id,
+            token_hash=token_hash(token),
+            created_at=now,
+            expires_at=now + RESET_TTL,
+            source_ip=source_ip,
+        )
+        self.db.add(reset)
+        self.audit.record("password_reset.requested", tenant_id=None, target_type="user", target_id=user.id)
+        with dangerously_unscoped():
+            await self.db.flush()
+            # Mailed before the commit: a reset whose mail failed never becomes usable.
+            await self.mailer.send(self._reset_mail(user.email, token, reset.expires_at))
+            await self.db.commit()
+
+    def _reset_mail(self, email: str, token: str, expires_at: dt.datetime) -> MailMessage:
+        base = self.settings.base_url
+        text = (
+            "Someone asked to reset the password of your Livora account. If it was you, open this link\n"
+            "and choose a new password:\n\n"
+            f"  {base}/console/reset?token={token}\n\n"
+            f"The link works once, until {expires_at:%Y-%m-%d %H:%M} UTC. Resetting signs you out everywhere.\n"
+            "If you did not ask for it, ignore this mail: your password stays as it is.\n"
+        )
+        return MailMessage(to=email, subject="Reset your Livora password", text=text)
+
+    async def reset_password(self, token: str, new_password: str) -> schemas.User:
+        """Set a new password with a reset token: it then stops working, and every session of the account ends."""
+        now = utcnow()
+        with dangerously_unscoped():
+            reset = await self.db.scalar(select(PasswordReset).where(PasswordReset.token_hash == token_hash(token)))
+            if reset is None:
+                raise NotFound("This reset link is unknown; ask for a new one.", code="reset_not_found")
+            if reset.used_at is not None:
+                raise Conflict("This reset link was already used; ask for a new one.", code="reset_already_used")
+            if reset.expires_at <= now:
+                raise Gone("This reset link has expired; ask for a new one.", code="reset_expired")
+            user = await self._user(reset.user_id)
+            if not user.is_active:
+                raise Conflict("This account is disabled; contact your administrator.", code="user_disabled")
+            check_password_strength(new_password, user.email)
+            # The conditional update makes the token single-use even when two requests race with it.
+            claimed = await self.db.execute(
+                update(PasswordReset)
+                .where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+                .values(used_at=now)
+                .returning(PasswordReset.id)
+            )
+            if reset.id not in set(claimed.scalars()):
+                await self.db.rollback()
+                raise Conflict("This reset link was already used; ask for a new one.", code="reset_already_used")
+            user.password_hash = await self.passwords.hash(new_password)
+            user.password_changed_at = now
+            await self.db.execute(delete(UserSession).where(UserSession.user_id == user.id))
+            self.audit.record("password_reset.completed", tenant_id=None, target_type="user", target_id=user.id)
+            await self.db.commit()
+        await self.throttle.lift(user.email)
+        return user_view(user)
+
     # --- invitations --------------------------------------------------------------------
 
     async def invite(self, tenant_id: str | None, email: str, role: str, invited_by: str | None) -> schemas.Invite:
@@ -375,11 +493,11 @@ class IdentityService:
         base = self.settings.base_url
         text = (
             f"You have been invited to {where} on Livora as {role}.\n\n"
-            f"Your invitation code: {token}\n\n"
-            f"Accept it and choose a password:\n"
-            f"  curl -X POST {base}/api/v1/invites/accept -H 'Content-Type: application/json' \\\n"
-            f'       -d \'{{"token": "{token}", "password": "<at least 12 characters>"}}\'\n\n'
-            f"The invitation expires {expires_at:%Y-%m-%d %H:%M} UTC and works once.\n"
+            f"Open this link to accept: choose your name and a password, or continue with your\n"
+            f"organisation's single sign-on:\n\n"
+            f"  {base}/console/invite?token={token}\n\n"
+            f"The invitation expires {expires_at:%Y-%m-%d %H:%M} UTC and works once.\n\n"
+            f"Your invitation code, for scripts (POST {base}/api/v1/invites/accept):\n  {token}\n"
         )
         return MailMessage(to=email, subject=f"You're invited to {where} on Livora", text=text)
 
@@ -415,6 +533,29 @@ class IdentityService:
             self.audit.record("invite.revoked", tenant_id=tenant_id, target_type="invite", target_id=invite.id)
             await self.db.commit()
         return invite_view(invite)
+
+    async def describe_invite(self, token: str) -> schemas.InvitePreview:
+        """What a pending invitation code opens; the same refusals as accepting it (404, 409, 410)."""
+        now = utcnow()
+        with dangerously_unscoped():
+            invite = await self.db.scalar(select(Invite).where(Invite.token_hash == token_hash(token)))
+            if invite is None or invite.revoked_at is not None:
+                raise NotFound("This invitation code is unknown or was withdrawn.", code="invite_not_found")
+            if invite.accepted_at is not None:
+                raise Conflict("This invitation was already used; sign in instead.", code="invite_already_used")
+            if invite.expires_at <= now:
+                raise Gone("This invitation has expired; ask for a new one.", code="invite_expired")
+            tenant = await self.db.get(Tenant, invite.tenant_id) if invite.tenant_id else None
+            if tenant is not None and tenant.status in ("deleting", "deleted"):
+                raise Gone("The workspace of this invitation no longer exists.", code="invite_expired")
+            user = await self._user_by_email(invite.email)
+        return schemas.InvitePreview(
+            email=invite.email,
+            role=invite.role,
+            tenant_name=tenant.name if tenant else None,
+            expires_at=invite.expires_at,
+            needs_password=user is None or user.password_hash is None,
+        )
 
     async def accept_invite(self, data: schemas.InviteAccept) -> schemas.InviteAccepted:
         now = utcnow()

@@ -17,6 +17,7 @@ from control_plane.api_keys.schemas import ApiKeyCreate
 from control_plane.cells.models import TenantPlacement
 from control_plane.cells.schemas import CellCreate
 from control_plane.db.models import Invite, Membership, Tenant, User
+from control_plane.identity.models import PasswordReset
 from control_plane.identity.secrets import new_token, token_hash
 from control_plane.sources.schemas import SourceCreate
 from control_plane.sso.models import SsoConnection
@@ -52,6 +53,11 @@ MATRIX: dict[str, frozenset[str]] = {
     "ListTenants": AUTHENTICATED,
     "Logout": USERS,
     "ChangePassword": USERS,
+    "ListMySessions": USERS,
+    # Only one's own session can be revoked: the prepared one is nobody's, so everyone gets 404 (or 403/401).
+    "RevokeMySession": frozenset(),
+    "ForgotPassword": EVERYONE,
+    "ResetPassword": EVERYONE,
     # Users and platform invitations: Livora staff.
     "ListUsers": OPS,
     "GetUser": OPS,
@@ -127,7 +133,7 @@ BILLING_FINANCE_OPS = frozenset(
     for op, allowed in MATRIX.items()
     if "finance" in allowed
     and allowed < EVERYONE
-    and op not in ("GetMe", "ListTenants", "Logout", "ChangePassword", "GetTenant")
+    and op not in ("GetMe", "ListTenants", "Logout", "ChangePassword", "ListMySessions", "GetTenant")
 )
 
 # Denials that are not the generic 403 `permission_denied` (beyond 401 for anonymous callers
@@ -135,6 +141,9 @@ BILLING_FINANCE_OPS = frozenset(
 DENIAL_OVERRIDES: dict[tuple[str, str], tuple[int, str]] = {
     **{("Logout", key): (403, "not_a_session") for key in A_KEYS},
     **{("ChangePassword", key): (403, "not_a_session") for key in A_KEYS},
+    **{("ListMySessions", key): (403, "not_a_session") for key in A_KEYS},
+    **{("RevokeMySession", key): (403, "not_a_session") for key in A_KEYS},
+    **{("RevokeMySession", name): (404, "session_not_found") for name in USERS},
     **{("GetCellConfig", name): (401, "invalid_cell_credential") for name in EVERYONE},
     **{("ReportUsage", name): (401, "invalid_cell_credential") for name in EVERYONE},
     # Only the payment provider's signature opens it (the embedded driver takes no webhooks at all).
@@ -204,6 +213,25 @@ class Env:
             return str(invite.id)
 
         return str(self._run(work))
+
+    def reset_token(self) -> str:
+        """A fresh password-reset code for a user of its own (the service only mails it)."""
+        token = new_token("lvr")
+        user_id = self.user()
+
+        async def work(services: Any) -> None:
+            services.db.add(
+                PasswordReset(
+                    id=new_id("pwr"),
+                    user_id=user_id,
+                    token_hash=token_hash(token),
+                    expires_at=utcnow() + dt.timedelta(minutes=30),
+                )
+            )
+            await services.db.commit()
+
+        self._run(work)
+        return token
 
     def invite_token(self) -> str:
         """A pending tenant-A invitation whose code we know (the service only mails it)."""
@@ -388,6 +416,10 @@ PREPARE: dict[str, Callable[[Env], Call]] = {
     # Each principal is called once per test, so its own session may end here.
     "Logout": lambda env: Call(),
     "ChangePassword": lambda env: Call(json={"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+    "ListMySessions": lambda env: Call(),
+    "RevokeMySession": lambda env: Call(params={"session_id": new_id("ses")}),
+    "ForgotPassword": lambda env: Call(json={"email": env.world.outsider.email}),
+    "ResetPassword": lambda env: Call(json={"token": env.reset_token(), "new_password": NEW_PASSWORD}),
     "ListUsers": lambda env: Call(),
     "GetUser": lambda env: Call(params={"user_id": env.world.outsider.user_id or ""}),
     "UpdateUser": lambda env: Call(params={"user_id": env.user()}, json={"name": "Renamed"}),
@@ -544,7 +576,8 @@ def test_specification_keeps_its_promises():
         billing = {"finance"} if op in BILLING_FINANCE_OPS else set()
         assert MATRIX[op] <= ADMIN_ONLY | A_MANAGERS | billing, f"{op} is open to {sorted(MATRIX[op])}"
     finance = {op for op, allowed in MATRIX.items() if "finance" in allowed and allowed < EVERYONE}
-    assert finance - {"GetMe", "ListTenants", "Logout", "ChangePassword"} == {"GetTenant"} | BILLING_FINANCE_OPS
+    people = {"GetMe", "ListTenants", "Logout", "ChangePassword", "ListMySessions"}
+    assert finance - people == {"GetTenant"} | BILLING_FINANCE_OPS
     billing_words = ("Invoice", "Invoices", "Plans", "Revenue", "Note", "Period", "Plan", "Account", "Lines", "Usage")
     billing_words += ("Uncollectible", "Payment")
     assert all(op.endswith(billing_words) for op in BILLING_FINANCE_OPS)

@@ -1,0 +1,1 @@
+"""The admin console: server-rendered pages (jinja2 and htmx) over the control plane's own services."""
