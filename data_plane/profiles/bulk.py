@@ -297,18 +297,32 @@ _PG_TYPES = {
 }
 
 
-def _records(columns: Sequence[str], types: Mapping[str, str]) -> str:
-    """Rows sent as one JSON text parameter (``$1``), each an object keyed by column.
+# Staging tables of the connection's session (temporary, emptied at every commit): a batch's rows
+# go in by binary COPY, then one INSERT … SELECT … ON CONFLICT moves them into the tenant's table.
+# NOTE: COPY costs the least CPU, client and server together: ``unnest`` arrays have asyncpg inspect
+# every element in Python, ``json_to_recordset`` has the server parse every row's JSON twice
+# (measured for 1,000 profile rows: about 1.3 and 1.9 times COPY's). JSON columns are staged as text
+# and cast on the move, so the staging tables depend on no codec. They are declared (IF NOT EXISTS)
+# in each write transaction, so a rolled-back first use or a pooler that resets sessions is harmless.
+_STAGE_TYPES = {**_PG_TYPES, **dict.fromkeys(_JSON_COLUMNS, "text"), "received_at": "timestamptz"}
+_STAGED = {
+    "profiles": PROFILE_COLUMNS,
+    "identities": ("kind", "identifier", "profile_id"),
+    "applied_messages": ("message_id", "profile_id", "received_at"),
+}
 
-    NOTE: one string that msgspec encodes in C and PostgreSQL parses in C; arrays per column would
-    have asyncpg inspect every element in Python, which cost more than the rest of the batch.
-    """
-    shape = ", ".join(f"{c} {types.get(c, 'text')}" for c in columns)
-    return f"json_to_recordset($1::text::json) AS r({shape})"
+
+def _stage_ddl(table: str, columns: Sequence[str]) -> str:
+    shape = ", ".join(f"{c} {_STAGE_TYPES.get(c, 'text')}" for c in columns)
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS livora_stage_{table} ({shape}) ON COMMIT DELETE ROWS;"
+
+
+_STAGE_DDL = "".join(_stage_ddl(table, columns) for table, columns in _STAGED.items())
 
 
 class PostgresBulk:
-    """Arrays bound as parameters and ``unnest``-ed: each write is one statement whatever the batch size.
+    """Reads bind id sets as arrays (``= ANY``); writes COPY into a staging table and move the rows with
+    one statement; history rows (rare) are ``unnest``-ed arrays. Nothing depends on the batch size.
 
     Table names are qualified with the tenant's schema (checked by ``tenants.schema_name``, quoted
     here): ``schema_translate_map`` does not reach statements sent on the driver's connection.
@@ -330,10 +344,12 @@ class PostgresBulk:
             )
         }
         columns = ", ".join(PROFILE_COLUMNS)
+        values = ", ".join(f"{c}::jsonb" if c in _JSON_COLUMNS else c for c in PROFILE_COLUMNS)
         self._upsert_profiles = (
-            f"INSERT INTO {self.t['profiles']} ({columns}) SELECT {columns} FROM {_records(PROFILE_COLUMNS, _PG_TYPES)}"
+            f"INSERT INTO {self.t['profiles']} ({columns}) SELECT {values} FROM livora_stage_profiles"
             f" ON CONFLICT (profile_id) DO UPDATE SET {_upsert_columns()}"
         )
+        self._staged = False
         selected = ", ".join(f"{c}::text" if c in _JSON_COLUMNS else c for c in PROFILE_COLUMNS if c != "event_count")
         self._select_profiles = f"SELECT {selected} FROM {self.t['profiles']} WHERE profile_id = ANY($1::text[])"
 
@@ -422,19 +438,25 @@ class PostgresBulk:
     async def insert_relinks(self, rows: Sequence[RelinkRow]) -> None:
         await self._insert_history("relinks", "anonymous_id, from_profile, to_profile, at, message_id", rows)
 
+    async def _stage(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not self._staged:
+            await self.db.execute(_STAGE_DDL)
+            self._staged = True
+        await self.db.copy_records_to_table(f"livora_stage_{table}", records=rows, columns=_STAGED[table])
+
     async def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
+        await self._stage("identities", rows)
         await self.db.execute(
             f"INSERT INTO {self.t['identities']} (kind, identifier, profile_id)"
-            f" SELECT k, i, p FROM {_records(('k', 'i', 'p'), {})}"
-            " ON CONFLICT (kind, identifier) DO UPDATE SET profile_id = excluded.profile_id",
-            _encode([{"k": k, "i": i, "p": p} for k, i, p in rows]).decode(),
+            " SELECT kind, identifier, profile_id FROM livora_stage_identities"
+            " ON CONFLICT (kind, identifier) DO UPDATE SET profile_id = excluded.profile_id"
         )
 
     async def insert_applied(self, rows: Sequence[AppliedRow]) -> None:
+        await self._stage("applied_messages", rows)
         await self.db.execute(
             f"INSERT INTO {self.t['applied_messages']} (message_id, profile_id, received_at)"
-            f" SELECT m, p, r FROM {_records(('m', 'p', 'r'), {'r': 'timestamptz'})}",
-            _encode([{"m": m, "p": p, "r": r} for m, p, r in rows]).decode(),
+            " SELECT message_id, profile_id, received_at FROM livora_stage_applied_messages"
         )
 
     async def delete_profiles(self, profile_ids: Sequence[str]) -> None:
@@ -442,23 +464,24 @@ class PostgresBulk:
 
     async def upsert_profiles(self, states: Sequence[ProfileState]) -> None:
         rows = [
-            {
-                "profile_id": s.profile_id,
-                "user_id": s.user_id,
-                "traits": s.traits,
-                "groups": s.groups,
-                "first_seen": from_us(s.first_seen_us),  # type: ignore[arg-type]
-                "last_seen": from_us(s.last_seen_us),  # type: ignore[arg-type]
-                "event_count": s.event_count,
-                **{name: s.counts.get(kind, 0) for kind, name in zip(EVENT_TYPES, _COUNTS, strict=True)},
-                "last_location": s.last_location,
-                "last_device": s.last_device,
-                "last_ip": s.last_ip,
-                "stamps": s.stamps,
-            }
+            (
+                s.profile_id,
+                s.user_id,
+                _encode(s.traits).decode(),
+                _encode(s.groups).decode(),
+                from_us(s.first_seen_us),  # type: ignore[arg-type]
+                from_us(s.last_seen_us),  # type: ignore[arg-type]
+                s.event_count,
+                *[s.counts.get(kind, 0) for kind in EVENT_TYPES],
+                _json(s.last_location),
+                _json(s.last_device),
+                s.last_ip,
+                _encode(s.stamps).decode(),
+            )
             for s in states
         ]
-        await self.db.execute(self._upsert_profiles, _encode(rows).decode())
+        await self._stage("profiles", rows)
+        await self.db.execute(self._upsert_profiles)
 
     async def load_sessions(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         rows = await self.db.fetch(
