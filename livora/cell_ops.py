@@ -14,7 +14,7 @@ from data_plane.stream.drivers import create_stream
 from data_plane.usage.ledger import open_ledger
 from livora.allinone import cell_stream_settings
 
-COLUMNS = ("tenant", "hour (UTC)", "accepted", "in lake", "dead-lettered", "duplicates", "difference")
+COLUMNS = ("tenant", "hour (UTC)", "accepted", "in lake", "dead-lettered", "duplicates", "billed", "difference")
 
 
 def _when(text: str) -> dt.datetime:
@@ -53,6 +53,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             str(h.in_lake),
             str(h.dead_lettered),
             str(h.duplicates),
+            str(h.billed),
             "0" if h.difference == 0 else f"{h.difference:+d}" + (" in flight" if h.difference > 0 else " MISMATCH"),
         )
         for h in books.hours
@@ -66,7 +67,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))))
     accepted = sum(h.accepted for h in books.hours)
     if books.balanced:
-        print(f"balanced: all {accepted} accepted events are in the lake, dead-lettered or dropped as duplicates.")
+        billed = sum(h.billed for h in books.hours)
+        print(
+            f"balanced: all {accepted} accepted events are in the lake, dead-lettered or dropped as duplicates;"
+            f" {billed} billed (each message id once)."
+        )
         return 0
     open_hours = [h for h in books.hours if h.difference]
     print(

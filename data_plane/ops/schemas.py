@@ -10,7 +10,9 @@ import msgspec
 
 class ReconciledHour(msgspec.Struct, kw_only=True):
     """One tenant-hour (UTC hour of ``receivedAt``). ``difference`` = accepted - (in_lake +
-    dead_lettered + duplicates): above 0 while events are still in flight, 0 once they landed."""
+    dead_lettered + duplicates): above 0 while events are still in flight, 0 once they landed.
+    ``billed``: events charged for, each message id once (written + dead-lettered); an SDK's
+    retries count in ``accepted`` and ``duplicates`` but not here."""
 
     tenant_id: str
     hour: dt.datetime
@@ -18,6 +20,7 @@ class ReconciledHour(msgspec.Struct, kw_only=True):
     in_lake: int
     dead_lettered: int
     duplicates: int
+    billed: int
     difference: int
 
 

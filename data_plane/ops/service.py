@@ -48,6 +48,7 @@ class Operations:
                     in_lake=row.in_lake,
                     dead_lettered=row.dead_lettered,
                     duplicates=row.duplicates,
+                    billed=row.billed,
                     difference=row.difference,
                 )
                 for row in rows

@@ -111,6 +111,7 @@ class _InFlight:
     or moved to the dead letters carrying just its poison events."""
 
     entry: Entry
+    since: float = 0.0  # loop time it was taken
     size: int = 0
     waiting: set[str] = field(default_factory=set)
     poison: list[_Poison] = field(default_factory=list)
@@ -237,7 +238,7 @@ class PipelineWorker:
             self._reclaim_more = sum(entry.id not in self._inflight for entry in entries) >= count
         if len(entries) < count:
             # Wait for new entries, but not past the moment the lake's buffer is due.
-            due_in = self.lake.seconds_until_due()
+            due_in = self._flush_due_in()
             block = 0 if entries else self.block_ms if due_in is None else int(min(self.block_ms, due_in * 1000))
             entries += await self.stream.read(
                 self.group, self.consumer, count=count - len(entries), block_ms=block, partitions=self.partitions
@@ -276,7 +277,8 @@ class PipelineWorker:
     # --- one batch ---------------------------------------------------------------------------
 
     async def step(self) -> int:
-        """Process one read's worth of entries; flush the lake when due. Returns entries handled."""
+        """Process one read's worth of entries; flush the lake when due. Returns how many events this
+        worker took on (0 when nothing new came)."""
         entries = await self._next_entries()
         tracks: list[_InFlight] = []
         try:
@@ -288,9 +290,21 @@ class PipelineWorker:
             for track in tracks:
                 self._inflight.pop(track.entry.id, None)
             raise
-        if self.lake.due():
+        if self._flush_due_in() == 0.0:
             await self.flush()
-        return len(entries)
+        return sum(track.size for track in tracks)
+
+    def _flush_due_in(self) -> float | None:
+        """Seconds until a flush is due: when the lake writer says so, and at the latest when the
+        oldest entry held has waited half the reclaim idle time. NOTE: an entry held past that idle
+        time is reclaimed, by this worker too, and every reclaim counts as a delivery; flushing
+        sooner keeps a busy worker's own entries from ever nearing ``max_deliveries``."""
+        due_in = self.lake.seconds_until_due()
+        if not self._inflight:
+            return due_in
+        oldest = next(iter(self._inflight.values())).since  # insertion order: the oldest first
+        held = max(0.0, oldest + self.reclaim_idle_ms / 2000 - asyncio.get_running_loop().time())
+        return held if due_in is None else min(due_in, held)
 
     async def _handle(self, entries: list[Entry], tracks: list[_InFlight]) -> None:
         items: list[tuple[str, Event]] = []
@@ -300,7 +314,7 @@ class PipelineWorker:
             if entry.deliveries > self.max_deliveries:
                 await self._give_up(entry, f"too_many_deliveries: {entry.deliveries} attempts")
                 continue
-            track = self._inflight[entry.id] = _InFlight(entry)
+            track = self._inflight[entry.id] = _InFlight(entry, asyncio.get_running_loop().time())
             tracks.append(track)
             items += self._decode(entry, track)
         if tracks:

@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS usage_counted (
     at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ix_usage_counted_at ON usage_counted (at);
+-- How much of a tenant-hour's billed events and duplicates was reported already (usage_hours.reported
+-- is the watermark of events received).
+CREATE TABLE IF NOT EXISTS usage_marks (
+    tenant_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    metric TEXT NOT NULL,
+    reported INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, hour, metric)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_outbox (
     id TEXT PRIMARY KEY,
     record BLOB NOT NULL,
@@ -100,7 +109,9 @@ class Outcome(NamedTuple):
 @dataclass(frozen=True)
 class HourCounts:
     """One tenant-hour of the ledger. ``dead_lettered`` is net of replays; ``users`` counts the
-    hour's distinct users while their rows are kept (``USER_ROWS_RETENTION`` after reporting)."""
+    hour's distinct users while their rows are kept (``USER_ROWS_RETENTION`` after reporting).
+    ``billed`` is what the customer is charged for: events whose outcome is known and that were
+    not duplicates (written + dead-lettered), i.e. each message id once within the dedup window."""
 
     tenant_id: str
     hour: dt.datetime
@@ -109,6 +120,7 @@ class HourCounts:
     duplicates: int
     dead_lettered: int
     users: int
+    billed: int = 0
 
 
 @dataclass
@@ -364,12 +376,13 @@ class UsageLedger:
         def read(conn: sqlite3.Connection) -> list[HourCounts]:
             rows = conn.execute(
                 "SELECT h.tenant_id, h.hour, h.accepted, h.written, h.duplicates, h.dead_lettered - h.replayed, "
-                "(SELECT count(*) FROM usage_users u WHERE u.tenant_id = h.tenant_id AND u.hour = h.hour) "
+                "(SELECT count(*) FROM usage_users u WHERE u.tenant_id = h.tenant_id AND u.hour = h.hour), "
+                f"{_BILLED} "
                 "FROM usage_hours h WHERE (? IS NULL OR h.tenant_id = ?) AND h.hour >= ? AND h.hour < ? "
                 "ORDER BY h.tenant_id, h.hour",
                 (tenant_id, tenant_id, low, high),
             ).fetchall()
-            return [HourCounts(t, _moment(h), a, w, d, dl, u) for t, h, a, w, d, dl, u in rows]
+            return [HourCounts(t, _moment(h), a, w, d, dl, u, b) for t, h, a, w, d, dl, u, b in rows]
 
         return await self._db.run(read, "read usage")
 
@@ -377,27 +390,16 @@ class UsageLedger:
 
     async def take_reports(self, limit: int = 500, now: dt.datetime | None = None) -> list[UsageRecord]:
         """Unconfirmed usage records, oldest first: first what growth since the last call adds to the
-        outbox (in one transaction with the watermarks it moves), then the outbox's head."""
+        outbox (in one transaction with the watermarks it moves), then the outbox's head.
+
+        Events are reported three ways per tenant-hour: ``events`` (billed: each message id once,
+        reported once its outcome is known), ``events_received`` (accepted, retries included) and
+        ``events_duplicate`` (retries dropped, not billed)."""
         stamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
 
         def take(conn: sqlite3.Connection) -> list[UsageRecord]:
             with transaction(conn):
-                records: list[UsageRecord] = []
-                for tenant, hour, accepted, reported in conn.execute(
-                    "SELECT tenant_id, hour, accepted, reported FROM usage_hours WHERE accepted > reported"
-                ).fetchall():
-                    records.append(
-                        UsageRecord(
-                            id=f"events-{uuid.uuid4().hex}",
-                            tenant_id=tenant,
-                            metric="events",
-                            timestamp=_moment(hour),
-                            value=accepted - reported,
-                        )
-                    )
-                    conn.execute(
-                        "UPDATE usage_hours SET reported = ? WHERE tenant_id = ? AND hour = ?", (accepted, tenant, hour)
-                    )
+                records = _event_records(conn)
                 unreported: dict[tuple[str, int], list[str]] = {}
                 for tenant, hour, key in conn.execute(
                     "SELECT tenant_id, hour, user_key FROM usage_users WHERE reported = 0"
@@ -464,6 +466,7 @@ class UsageLedger:
             with transaction(conn):
                 conn.execute("DELETE FROM usage_hours WHERE tenant_id = ?", (tenant_id,))
                 conn.execute("DELETE FROM usage_users WHERE tenant_id = ?", (tenant_id,))
+                conn.execute("DELETE FROM usage_marks WHERE tenant_id = ?", (tenant_id,))
 
         await self._db.run(forget, "forget tenant")
 

@@ -1,4 +1,5 @@
-"""Reconciliation: per tenant and hour, accepted = in the lake + dead-lettered + duplicates dropped."""
+"""Reconciliation: per tenant and hour, accepted = in the lake + dead-lettered + duplicates dropped;
+billed = accepted - duplicates once every outcome is known."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class Reconciled:
     in_lake: int
     dead_lettered: int
     duplicates: int
+    # Events the customer is charged for: each message id once (written or dead-lettered).
+    billed: int = 0
 
     @property
     def difference(self) -> int:
@@ -76,6 +79,7 @@ async def reconcile(
                 in_lake=lake.get(key, 0),
                 dead_lettered=row.dead_lettered if row else 0,
                 duplicates=row.duplicates if row else 0,
+                billed=row.billed if row else 0,
             )
         )
     return result

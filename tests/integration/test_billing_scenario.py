@@ -3,6 +3,7 @@ Stripe (localstripe) collects it through a signed webhook. And a throttling plan
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import time
@@ -26,6 +27,7 @@ from data_plane.settings import CellSettings
 from data_plane.stream.log import LogStream
 from tests.support.api import problem
 from tests.support.billing import CELL_SECRET, backdate_tenant, run, write_small_catalog
+from tests.support.cell import drain
 from tests.support.localstripe_server import LocalStripe, free_port
 from tests.support.server import LiveServer
 from tests.support.world import World
@@ -39,6 +41,9 @@ class Stack:
     control_plane: LiveServer
     cell: LiveServer
     stripe: LocalStripe
+    # What the cell's pipeline needs: billed usage is reported once each event's outcome is known.
+    settings: CellSettings | None = None
+    stream_path: Path | None = None
 
 
 @pytest.fixture
@@ -75,7 +80,7 @@ def stack(server: LiveServer, world: World, tmp_path: Path, stripe_port: int) ->
         HttpConfigFetcher(server.url, CELL_SECRET, timeout=2), cell_settings.config_cache_path, interval=0.2
     )
     cell = LiveServer(create_cell_app(cell_settings, keeper, LogStream(tmp_path / "stream.db"))).start()
-    yield Stack(server, cell, localstripe)
+    yield Stack(server, cell, localstripe, cell_settings, tmp_path / "stream.db")
     cell.stop()
     localstripe.stop()
 
@@ -131,7 +136,8 @@ def test_n_events_through_the_cell_are_invoiced_and_paid_through_stripe(
             assert response.status_code == 202, response.text
             sent += size
     assert sent == n
-    # The cell's usage pusher reports what it accepted; the control plane counts it once.
+    asyncio.run(drain(stack))
+    # The cell's usage pusher reports what it billed; the control plane counts it once.
     wait_for(lambda: usage(client, world, world.a.id)["events"] == n)
     wait_for(lambda: usage(client, world, world.a.id)["tracked_users"] == users)
     time.sleep(1)  # further pushes must not add anything
@@ -180,6 +186,7 @@ def test_a_throttling_plan_over_its_quota_gets_429_at_the_cell(
         wait_for(lambda: cell.get("/ready").status_code == 200)
         # free: 50 events a month, then throttled.
         assert cell.post("/v1/batch", json=batch(50, 5), headers=basic(world.b.write_key)).status_code == 202
+        asyncio.run(drain(stack))
         wait_for(lambda: usage(client, world, world.b.id)["events"] == 50)
 
         def refused() -> httpx.Response | None:

@@ -16,7 +16,6 @@ from data_plane.pipeline.worker import GROUP, PipelineWorker, create_worker, del
 from data_plane.settings import CellSettings
 from data_plane.stream.log import LogStream
 from data_plane.stream.port import Record, partition_for
-from data_plane.usage.ledger import UsageLedger
 from data_plane.usage.reconcile import reconcile
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -121,10 +120,11 @@ def test_one_poison_event_is_dead_lettered_alone_and_its_siblings_land(cell: Cel
     entry = [*good[:2], poison, *good[2:]]
 
     async def scenario() -> None:
-        ledger = UsageLedger(cell.settings.usage_path)
+        worker = cell.worker()
+        ledger = worker.ledger
+        assert ledger is not None
         await ledger.accepted("tenA", NOW, len(entry), [])
         [entry_id] = await cell.stream.append([Record("tenA/same-user", encode_entry(entry))])
-        worker = cell.worker()
         await _drain(worker, cell.stream)
         assert await cell.stream.pending(GROUP) == 0
         [letter] = await cell.stream.dead_letters()
@@ -146,7 +146,6 @@ def test_one_poison_event_is_dead_lettered_alone_and_its_siblings_land(cell: Cel
         books = await ops.reconciliation("tenA", None, None)
         assert books.balanced and sum(h.dead_lettered for h in books.hours) == 1
         await worker.close()
-        await ledger.close()
         await cell.stream.close()
 
     asyncio.run(scenario())
@@ -178,8 +177,9 @@ def test_a_crash_halfway_through_entries_loses_and_duplicates_nothing(cell: Cell
 
     async def scenario() -> None:
         await cell.stream.append(_records(events, 100))
-        doomed = cell.worker(batch_events=300)
-        doomed.lake.max_age_s = 60  # nothing reaches the lake before the crash
+        # Nothing reaches the lake before the crash.
+        doomed = cell.worker(batch_events=300, reclaim_idle_ms=60_000)
+        doomed.lake.max_age_s = 60
         for _ in range(3):
             await doomed.step()
         assert doomed.lake.buffered
@@ -239,8 +239,9 @@ def test_shards_split_the_partitions_and_keep_each_user_with_one_worker(cell: Ce
 
     async def scenario() -> dict[str, set[str]]:
         await cell.stream.append(_records(events, 100))
-        a = cell.worker(partitions=shard_partitions("0/2", 8), consumer="a")
-        b = cell.worker(partitions=shard_partitions("1/2", 8), consumer="b")
+        # Nobody dies here: no takeover of the other shard's entries, however slow the machine.
+        a = cell.worker(partitions=shard_partitions("0/2", 8), consumer="a", reclaim_idle_ms=60_000)
+        b = cell.worker(partitions=shard_partitions("1/2", 8), consumer="b", reclaim_idle_ms=60_000)
         seen: dict[str, set[str]] = {"a": set(), "b": set()}
         for name, worker in (("a", a), ("b", b)):
             original = worker.lake.add

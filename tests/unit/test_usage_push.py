@@ -33,7 +33,8 @@ class Desk:
         return UsageReceipt(stored=len(new), duplicates=len(report.records) - len(new))
 
     def events(self, tenant: str) -> int:
-        return sum(r.value for r in self.seen.values() if r.tenant_id == tenant and r.metric == "events")  # type: ignore[attr-defined]
+        """Events received (billed events follow the pipeline's outcomes, see test_usage_reports)."""
+        return sum(r.value for r in self.seen.values() if r.tenant_id == tenant and r.metric == "events_received")  # type: ignore[attr-defined]
 
     def users(self, tenant: str) -> set[str]:
         return {k for r in self.seen.values() if r.tenant_id == tenant and r.metric == "tracked_users" for k in r.keys}  # type: ignore[attr-defined]
@@ -84,7 +85,7 @@ def test_a_report_whose_answer_was_lost_is_sent_again_under_the_same_ids(tmp_pat
         reopened = UsageLedger(tmp_path / "usage.db")
         await reopened.accepted("t1", AT, 1, set())
         [record] = await reopened.take_reports()
-        assert (record.metric, record.value) == ("events", 1)
+        assert (record.metric, record.value) == ("events_received", 1)
         await reopened.close()
         reopened = UsageLedger(tmp_path / "usage.db")
         assert [r.id for r in await reopened.take_reports()] == [record.id]
