@@ -155,6 +155,21 @@ _IN = "IN (SELECT value FROM json_each(?))"
 _SQLITE_PROFILE_SELECT = ", ".join(c for c in PROFILE_COLUMNS if c != "event_count")
 
 
+# The stored keys among the user ids (?1) and anonymous ids (?2), then the user ids of profiles
+# reached only through anonymous ids. INDEXED BY: on ``kind = 'user'`` alone the planner would
+# walk every user of the tenant.
+SQLITE_IDENTITIES = (
+    "WITH owner AS ("
+    f" SELECT kind, identifier, profile_id FROM identities WHERE kind = 'user' AND identifier {_IN}"
+    " UNION ALL"
+    f" SELECT kind, identifier, profile_id FROM identities WHERE kind = 'anonymous' AND identifier {_IN})"
+    " SELECT 1, kind, identifier, profile_id FROM owner"
+    " UNION ALL"
+    " SELECT 0, kind, identifier, profile_id FROM identities INDEXED BY ix_identities_profile_id"
+    f" WHERE profile_id IN ({_ANONYMOUS_ONLY}) AND kind = 'user'"
+)
+
+
 class SqliteBulk:
     """``json_each`` turns one JSON array parameter into a set, so no IN list is ever chunked."""
 
@@ -188,19 +203,7 @@ class SqliteBulk:
     async def identities(self, keys: Sequence[tuple[str, str]]) -> tuple[list[IdentityRow], list[tuple[str, str]]]:
         users = [identifier for kind, identifier in keys if kind == "user"]
         anons = [identifier for kind, identifier in keys if kind == "anonymous"]
-        rows = await self._fetch(
-            "WITH owner AS ("
-            f" SELECT kind, identifier, profile_id FROM identities WHERE kind = 'user' AND identifier {_IN}"
-            " UNION ALL"
-            f" SELECT kind, identifier, profile_id FROM identities WHERE kind = 'anonymous' AND identifier {_IN})"
-            " SELECT 1, kind, identifier, profile_id FROM owner"
-            " UNION ALL"
-            # INDEXED BY: on ``kind = 'user'`` alone the planner would walk every user of the tenant.
-            " SELECT 0, kind, identifier, profile_id FROM identities INDEXED BY ix_identities_profile_id"
-            f" WHERE profile_id IN ({_ANONYMOUS_ONLY}) AND kind = 'user'",
-            _json(users),
-            _json(anons),
-        )
+        rows = await self._fetch(SQLITE_IDENTITIES, _json(users), _json(anons))
         owners = [(kind, identifier, profile_id) for mine, kind, identifier, profile_id in rows if mine]
         members = [(identifier, profile_id) for mine, _, identifier, profile_id in rows if not mine]
         return owners, members

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import os
 import socket
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from data_plane.events import Event
 from data_plane.pipeline.identity import IdentityGraph, Resolution, profile_id_for
 from data_plane.profiles import MergeRecord, Profile, ProfilesSettings, ProfileStore, create_profile_store
 from data_plane.profiles import sql as profiles_sql
+from data_plane.profiles.bulk import SQLITE_IDENTITIES
 from data_plane.profiles.models import applied_messages
 from data_plane.profiles.postgres import PostgresProfileStore
 from data_plane.profiles.sqlite import SqliteProfileStore
@@ -508,6 +511,20 @@ def test_purge_applied_forgets_old_message_ids(store: ProfileStore, tenant: str,
     assert aio(store.purge_applied(tenant, T0 + dt.timedelta(days=1))) == 1
     aio(apply_ids(store, tenant, [old, new]))  # past the retention a redelivery counts again (the documented caveat)
     assert aio(store.find(tenant, user_id="u")).event_count == 3  # type: ignore[union-attr]
+
+
+def test_sqlite_identity_lookups_search_indexes_never_the_whole_table(tmp_path: Path, aio: Run[Any]) -> None:
+    """A batch's identity read costs per identifier it names, not per user the tenant has."""
+    store = SqliteProfileStore(tmp_path)
+    tenant = new_tenant()
+    aio(store.apply(tenant, [event(tenant, user_id=f"u{n}", anonymous_id=f"a{n}") for n in range(50)]))
+    aio(store.close())
+    with contextlib.closing(sqlite3.connect(store.path(tenant))) as connection:
+        plan = [row[3] for row in connection.execute(f"EXPLAIN QUERY PLAN {SQLITE_IDENTITIES}", ('["u1"]', '["a2"]'))]
+    on_identities = [step for step in plan if "identities" in step]
+    assert len(on_identities) == 3, plan
+    assert all(step.startswith("SEARCH identities USING INDEX") for step in on_identities), plan
+    assert all("identifier=?" in step or "profile_id=?" in step for step in on_identities), plan
 
 
 def test_storage_failures_are_unavailable_not_driver_errors(
