@@ -1,11 +1,16 @@
-"""Analytics benchmark: a large tenant's lake, then each query type timed uncached and cached.
+"""Analytics benchmark: a large tenant's lake, each query type timed uncached and cached, beside ClickHouse.
 
     .venv/bin/python bench/analytics.py [--events 10000000] [--users 1000000] [--days 90] [--dir PATH]
+                                        [--threads 2] [--memory-limit 2GB] [--no-chdb] [--json]
 
 Generates the events with pyarrow (vectorised, one day at a time) straight into the lake layout
 (``tenants/{tenant}/events/date=…/hour=…/*.parquet``, zstd), then builds the tenant's warehouse
 (DuckDB) from the lake and times every query: median of 3 runs with the result cache off
-("uncached"), and median of 3 cache hits ("cached"). Prints a table and the peak memory.
+("uncached"), and median of 3 cache hits ("cached"). Then loads the same lake into ClickHouse
+(embedded ``chdb``: a MergeTree ordered by (user, time), the same thread count) and times the same
+questions there in the same run. Prints each figure beside its target and ClickHouse's, with the
+ratio (ClickHouse's time / ours: above 1 means faster than ClickHouse); ``--json`` prints the figures
+as one JSON object instead. ``--events 100000000`` runs the large case.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -148,6 +155,18 @@ def generate(root: Path, events: int, users: int, days: int, seed: int = 7) -> i
     return files
 
 
+def current_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def memory_mb(limit: str) -> float:
+    """``2GB``, ``512MB``… in MB (DuckDB's units are powers of 1000; taken as 1024 here, the larger)."""
+    number = float(limit.upper().rstrip("IB").rstrip("GMKT"))
+    unit = limit.upper().rstrip("IB")[-1]
+    return number * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}[unit]
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -194,28 +213,146 @@ def queries(days: int) -> dict[str, Callable[[AnalyticsService, TenantView], Awa
     }
 
 
-async def measure(root: Path, days: int, threads: int | None) -> None:
+TARGET_SECONDS = 0.5  # every query, uncached, on 10 M events / 1 M users
+MEMORY_TARGET_MB = 16 * 1024  # 100 M events must fit in 16 GB
+
+
+def say(text: str = "", quiet: bool = False) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+async def measure(root: Path, days: int, threads: int | None, memory_limit: str | None, quiet: bool) -> dict[str, Any]:
+    baseline = current_mb()
     store = LocalObjectStore(root / "lake")
-    warehouse = DuckDBWarehouse(store, directory=root / "warehouse", threads=threads)
+    warehouse = DuckDBWarehouse(store, directory=root / "warehouse", threads=threads, memory_limit=memory_limit)
     started = time.perf_counter()
     await warehouse.refresh(TENANT)
     build = time.perf_counter() - started
-    print(f"warehouse built from the lake: {build:.1f} s (peak memory so far {peak_mb():.0f} MB)")
+    say(f"warehouse built from the lake: {build:.1f} s (peak memory so far {peak_mb():.0f} MB)", quiet)
     started = time.perf_counter()
     await warehouse.refresh(TENANT)
-    print(f"refresh with nothing new (lists the lake): {1000 * (time.perf_counter() - started):.0f} ms")
+    idle = time.perf_counter() - started
+    say(f"refresh with nothing new (lists the lake): {1000 * idle:.0f} ms", quiet)
     tenant = TenantView(TENANT)
     uncached = AnalyticsService(warehouse)
     cached = AnalyticsService(warehouse, MemoryKeyValueStore())
-    print()
-    print(f"{'query':<34} {'uncached (s)':>13} {'cached (ms)':>12}")
+    figures: dict[str, dict[str, float]] = {}
     for name, run in queries(days).items():
         cold = await timed(lambda run=run: run(uncached, tenant))
         await run(cached, tenant)
         warm = await timed(lambda run=run: run(cached, tenant))
-        print(f"{name:<34} {cold:>13.3f} {1000 * warm:>12.1f}", flush=True)
+        figures[name] = {"uncached_s": cold, "cached_ms": 1000 * warm}
+        say(f"  {name}: {cold:.3f} s uncached, {1000 * warm:.1f} ms cached", quiet)
+    peak = peak_mb()
+    # What a query holds outside DuckDB (arrays, Arrow results) grows with the events it reads; DuckDB's
+    # own memory stays under its limit (it spills to disk past it). Measured once more per query, traced.
+    pool = pa.default_memory_pool()
+    tracemalloc.start()
+    for run in queries(days).values():
+        await run(uncached, tenant)
+    arrays_mb = (tracemalloc.get_traced_memory()[1] + pool.max_memory()) / 2**20
+    tracemalloc.stop()
     await warehouse.close()
-    print(f"\npeak memory (RSS, this process): {peak_mb():.0f} MB")
+    return {
+        "baseline_mb": baseline,
+        "build_s": build,
+        "idle_refresh_ms": 1000 * idle,
+        "queries": figures,
+        "peak_mb": peak,
+        "query_arrays_mb": arrays_mb,
+    }
+
+
+# The same questions in ClickHouse's dialect, over a MergeTree ordered by (user, time). Revenue, product
+# ids and the integer user were extracted at load, as the warehouse does when data lands.
+def clickhouse_queries(days: int) -> dict[str, str]:
+    low = dt.datetime.combine(START, dt.time(0)).isoformat(" ")
+    high = dt.datetime.combine(START + dt.timedelta(days=days), dt.time(0)).isoformat(" ")
+    lead = dt.datetime.combine(START - dt.timedelta(days=29), dt.time(0)).isoformat(" ")
+    inside = f"ts >= '{low}' AND ts < '{high}'"
+    firsts = f"SELECT user, min(ts) AS f FROM events GROUP BY user HAVING f >= '{low}' AND f < '{high}'"
+    return {
+        "funnel, 4 steps, 7-day window": f"""
+            SELECT level, count() FROM (
+                SELECT user, windowFunnel(604800)(toDateTime(ts), event = 'Product Viewed', event = 'Product Added',
+                       event = 'Checkout Started', event = 'Order Completed') AS level
+                FROM events WHERE ts >= '{low}' AND ts < toDateTime64('{high}', 6) + INTERVAL 7 DAY
+                GROUP BY user) GROUP BY level""",
+        "retention, 12 weeks": f"""
+            SELECT c, k, uniqExact(user) FROM (
+                SELECT e.user AS user, toMonday(f.f) AS c, dateDiff('week', toMonday(f.f), toMonday(e.ts)) AS k
+                FROM events e INNER JOIN ({firsts}) f ON e.user = f.user)
+            WHERE k BETWEEN 0 AND 12 GROUP BY c, k""",
+        "top 20 products by revenue": f"""
+            SELECT product_id, countIf(event = 'Product Viewed') AS views, countIf(event = 'Product Added') AS adds,
+                   countIf(event = 'Order Completed') AS purchases, sumIf(revenue, event = 'Order Completed') AS money
+            FROM events WHERE {inside} AND product_id != '' GROUP BY product_id ORDER BY money DESC LIMIT 20""",
+        "DAU over the range (trends)": f"SELECT toDate(ts) AS d, uniqExact(user) FROM events WHERE {inside} GROUP BY d",
+        "events per day": f"SELECT toDate(ts) AS d, count() FROM events WHERE {inside} GROUP BY d",
+        "revenue per week": f"""SELECT toMonday(ts) AS w, sum(revenue) FROM events
+            WHERE {inside} AND event = 'Order Completed' GROUP BY w""",
+        "KPIs: DAU, WAU, MAU, revenue…": f"""
+            WITH daily AS (
+                SELECT toDate(ts) AS d, groupBitmapState(user) AS s, count() AS n,
+                       countIf(event = 'Order Completed') AS orders, sumIf(revenue, event = 'Order Completed') AS money,
+                       uniqExactIf(user, event = 'Order Completed') AS buyers
+                FROM events WHERE ts >= '{lead}' AND ts < '{high}' GROUP BY d)
+            SELECT d, any(w.dau), any(w.wau), any(m.mau) FROM (
+                SELECT day AS d, bitmapCardinality(groupBitmapMergeState(s)) AS wau, 0 AS dau
+                FROM (SELECT d + arrayJoin(range(7)) AS day, s FROM daily) GROUP BY day) w
+            JOIN (SELECT day AS d, bitmapCardinality(groupBitmapMergeState(s)) AS mau
+                  FROM (SELECT d + arrayJoin(range(30)) AS day, s FROM daily) GROUP BY day) m USING d
+            JOIN (SELECT d, n, orders, money, buyers FROM daily) x USING d
+            WHERE d >= '{low[:10]}' AND d < '{high[:10]}' GROUP BY d""",
+        "LTV, 3 months": f"""
+            SELECT c, k, sum(revenue), any(users) FROM (
+                SELECT toStartOfMonth(f.f) AS c, dateDiff('month', toStartOfMonth(f.f), toStartOfMonth(e.ts)) AS k,
+                       e.revenue AS revenue
+                FROM events e INNER JOIN ({firsts}) f ON e.user = f.user WHERE e.event = 'Order Completed') AS sales
+            JOIN (SELECT toStartOfMonth(f) AS c, count() AS users FROM ({firsts}) GROUP BY c) AS sizes USING c
+            WHERE k < 3 GROUP BY c, k""",
+        "live feed (50)": "SELECT message_id, event, user, ts FROM events ORDER BY received_at DESC LIMIT 50",
+    }
+
+
+def clickhouse(root: Path, days: int, threads: int, quiet: bool) -> tuple[float, dict[str, float]]:
+    from chdb import session
+
+    folder = root / "clickhouse"
+    shutil.rmtree(folder, ignore_errors=True)
+    db = session.Session(str(folder))
+    settings = f"SETTINGS max_threads = {threads}"
+    files = str(root / "lake" / "tenants" / TENANT / "events" / "*" / "*" / "*.parquet")
+    started = time.perf_counter()
+    db.query(
+        """CREATE TABLE events (user UInt32, ts DateTime64(6), received_at DateTime64(6), message_id String,
+               event LowCardinality(String), product_id String, revenue Float64)
+           ENGINE = MergeTree ORDER BY (user, ts)"""
+    )
+    db.query(
+        f"""INSERT INTO events SELECT toUInt32(replaceOne(user_id, 'user-', '')), timestamp, received_at, message_id,
+               event, if(event = 'Order Completed', JSONExtractString(properties, 'products', 1, 'product_id'),
+                         JSONExtractString(properties, 'product_id')),
+               if(isNaN(revenue), 0, revenue)
+           FROM file('{files}', Parquet) {settings}"""
+    )
+    db.query(f"OPTIMIZE TABLE events FINAL {settings}")
+    load = time.perf_counter() - started
+    say(f"ClickHouse (chdb) loaded the same lake: {load:.1f} s", quiet)
+    figures = {}
+    for name, sql in clickhouse_queries(days).items():
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            result = db.query(f"{sql} {settings}", "CSV")
+            times.append(time.perf_counter() - started)
+            if result.has_error():
+                raise RuntimeError(f"{name}: {result.error_message()}")
+        figures[name] = statistics.median(times)
+    db.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return load, figures
 
 
 def main() -> None:
@@ -223,23 +360,77 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (0: one per core)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for DuckDB and ClickHouse alike")
+    parser.add_argument("--memory-limit", default="2GB", help="DuckDB's memory limit (it spills to disk past it)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the lake here (reused when present)")
+    parser.add_argument("--no-chdb", action="store_true", help="skip the ClickHouse comparison")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
+    quiet = args.json
     root = args.dir or Path(tempfile.mkdtemp(prefix="livora-bench-analytics-"))
     try:
         if not (root / "lake").exists():
             started = time.perf_counter()
             files = generate(root / "lake", args.events, args.users, args.days)
-            print(
+            say(
                 f"generated {args.events:,} events, {args.users:,} users, {args.days} days: {files} files "
-                f"in {time.perf_counter() - started:.1f} s"
+                f"in {time.perf_counter() - started:.1f} s",
+                quiet,
             )
         shutil.rmtree(root / "warehouse", ignore_errors=True)
-        asyncio.run(measure(root, args.days, args.threads or None))
+        ours = asyncio.run(measure(root, args.days, args.threads or None, args.memory_limit, quiet))
+        theirs: dict[str, float] = {}
+        load = None
+        if not args.no_chdb:
+            load, theirs = clickhouse(root, args.days, args.threads or 2, quiet)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
+    # The large case: the process's base, DuckDB at its limit, and the query arrays scaled with the events
+    # (a linear model; `--events 100000000` measures it instead).
+    scale = 100_000_000 / args.events
+    projected = max(
+        ours["peak_mb"] if scale <= 1 else 0.0,
+        ours["baseline_mb"] + memory_mb(args.memory_limit) + ours["query_arrays_mb"] * scale,
+    )
+    rows = {}
+    for name, figure in ours["queries"].items():
+        other = theirs.get(name)
+        rows[name] = {
+            **figure,
+            "target_s": TARGET_SECONDS,
+            "chdb_s": other,
+            "chdb_ratio": other / figure["uncached_s"] if other else None,
+        }
+    report = {
+        "events": args.events,
+        "users": args.users,
+        "days": args.days,
+        "threads": args.threads,
+        "warehouse_build_s": ours["build_s"],
+        "idle_refresh_ms": ours["idle_refresh_ms"],
+        "chdb_load_s": load,
+        "peak_mb": ours["peak_mb"],
+        "duckdb_memory_limit": args.memory_limit,
+        "query_arrays_mb": ours["query_arrays_mb"],
+        "peak_mb_projected_100m": projected,
+        "peak_mb_target_100m": MEMORY_TARGET_MB,
+        "queries": rows,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print()
+    print(f"{'query':<34} {'uncached (s)':>12} {'target':>7} {'chdb (s)':>9} {'chdb/ours':>9} {'cached (ms)':>12}")
+    for name, row in rows.items():
+        chdb_s = f"{row['chdb_s']:.3f}" if row["chdb_s"] is not None else "-"
+        ratio = f"{row['chdb_ratio']:.2f}x" if row["chdb_ratio"] is not None else "-"
+        print(f"{name:<34} {row['uncached_s']:>12.3f} {'< 0.5':>7} {chdb_s:>9} {ratio:>9} {row['cached_ms']:>12.1f}")
+    print(
+        f"\npeak memory (RSS, before ClickHouse ran): {ours['peak_mb']:.0f} MB (DuckDB limited to "
+        f"{args.memory_limit}; query arrays at most {ours['query_arrays_mb']:.0f} MB); projected for 100 M "
+        f"events: {projected / 1024:.1f} GB (target: 16 GB)"
+    )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,14 @@ def _horizon(span: Span, period: calendar.Interval, periods: int) -> int:
     return int(calendar.period_starts(_number(span.last, period) + periods + 1, 0, period, span.zone)[0])
 
 
+def _numeric(prop: str) -> tuple[str, list[Any]]:
+    """The property as a number (NULL unless a JSON number): the ``revenue`` column the warehouse
+    extracted when the data landed, or read from the JSON text for any other property."""
+    if prop == "revenue":
+        return "revenue", []
+    return number_sql(prop)
+
+
 def _aligned(starts: np.ndarray, end: int) -> bool:
     """Whether every bucket starts and ends on a boundary of the rollup's 15-minute slots (true of every
     time zone's days and hours since the 1970s; not of local mean times of old)."""
@@ -531,13 +539,13 @@ class AnalyticsService:
             extra += more
         numeric = query.measure in ("sum", "average")
         if numeric:
-            sql, more = number_sql(query.property or "")
+            sql, more = _numeric(query.property or "")
             columns.append(f"{sql} AS v")
             extra += more
         condition = f"ts >= ? AND ts < ? AND {where}"
         if numeric:
-            condition += f" AND {number_sql(query.property or '')[0]} IS NOT NULL"
-            params = [*params, *number_sql(query.property or "")[1]]
+            condition += f" AND {_numeric(query.property or '')[0]} IS NOT NULL"
+            params = [*params, *_numeric(query.property or "")[1]]
         arguments = [*extra, span.low, span.high, *params]
         if query.measure == "users":
             table = await self._ordered(tenant, ", ".join(columns) or "NULL AS nothing", condition, arguments)
@@ -687,7 +695,7 @@ class AnalyticsService:
             return await self._kpis_plain(tenant, span, starts, count)
         first_day = span.first.toordinal()
         where, params = all_of(query.filters)
-        revenue_sql, revenue_params = number_sql(plan.revenue_property)
+        revenue_sql, revenue_params = _numeric(plan.revenue_property)
         table = await self._ordered(
             tenant,
             f"name = ? AS p, CASE WHEN name = ? THEN {revenue_sql} END AS v",
@@ -774,7 +782,7 @@ class AnalyticsService:
                 UNION ALL {volume}""",
             [lead_low, span.high, plan.purchase_event, lead_low, span.high, *volume_params],
         )
-        revenue_sql, revenue_params = number_sql(plan.revenue_property)
+        revenue_sql, revenue_params = _numeric(plan.revenue_property)
         sales = await self._fetch(
             tenant,
             f"""SELECT {of("ts")} AS d, v FROM (
@@ -910,24 +918,25 @@ class AnalyticsService:
             strict=True,
         ):
             stats[product] = [int(views), int(adds)]
-        products = lines.column("product_id").to_pylist()
-        distinct = sorted(set(products))
+        # Lines by product code (Arrow's dictionary), orders as distinct (product, message) pairs: no
+        # Python object per line.
+        encoded = lines.column("product_id").combine_chunks().dictionary_encode()
+        distinct: list[str] = encoded.dictionary.to_pylist()
         code = {product: i for i, product in enumerate(distinct)}
-        group = np.fromiter((code[p] for p in products), dtype=np.int64, count=len(products))
+        group = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         quantity = _column(lines, "q", np.float64)
         revenue = _column(lines, "r", np.float64)
         units = engine.fsum_by(group, quantity, len(distinct))
         priced = ~np.isnan(revenue)
         money = engine.fsum_by(group[priced], revenue[priced], len(distinct))
-        messages = lines.column("message_id").to_pylist()
-        orders: dict[str, set[str]] = {}
-        for product, message in zip(products, messages, strict=True):
-            orders.setdefault(product, set()).add(message)
+        pairs = pa.table({"p": encoded.indices, "m": lines.column("message_id")})
+        counted = pairs.group_by("p").aggregate([("m", "count_distinct")])
+        orders = dict(zip(counted["p"].to_pylist(), counted["m_count_distinct"].to_pylist(), strict=True))
         rows = []
         for product in sorted(stats.keys() | set(distinct)):
             views, adds = stats.get(product, [0, 0])
             g = code.get(product)
-            purchases = len(orders.get(product, ()))
+            purchases = int(orders.get(g, 0)) if g is not None else 0
             rows.append(
                 schemas.ProductRow(
                     product_id=product,
@@ -970,7 +979,7 @@ class AnalyticsService:
         )
         if sizes.num_rows == 0:
             return schemas.LtvResult(time_zone=span.zone_name, cohorts=[])
-        revenue_sql, revenue_params = number_sql(plan.revenue_property)
+        revenue_sql, revenue_params = _numeric(plan.revenue_property)
         sales = await self._fetch(
             tenant,
             f"""SELECT c, m - c AS k, v FROM (

@@ -23,7 +23,7 @@ from data_plane.warehouse.port import SLOT_US, warehouse_drivers
 from kernel.errors import NotFound, Unavailable
 
 UNAVAILABLE = "warehouse_unavailable"
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _COLUMNS = ("message_id", "received_at", "timestamp", "type", "event", "user_id", "anonymous_id", "properties")
 _MAX_REFRESH_ATTEMPTS = 4
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS users (user_key VARCHAR, uid INTEGER, first_ts BIGINT
 CREATE TABLE IF NOT EXISTS events (
     message_id VARCHAR, part VARCHAR, received_at BIGINT, ts BIGINT, uid INTEGER,
     name VARCHAR, product_id VARCHAR, properties VARCHAR, settled BOOLEAN,
-    first_ts BIGINT, prev_ts BIGINT, prev_same_ts BIGINT
+    first_ts BIGINT, prev_ts BIGINT, prev_same_ts BIGINT, revenue DOUBLE
 );
 CREATE TABLE IF NOT EXISTS counts (slot BIGINT, name VARCHAR, events BIGINT);
 CREATE TABLE IF NOT EXISTS product_lines (
@@ -66,7 +66,9 @@ SELECT message_id, part, received_at, ts,
        CASE type WHEN 'track' THEN event WHEN 'page' THEN '$page' ELSE '$screen' END AS name,
        CASE WHEN json_type(properties, '$.product_id') = 'VARCHAR'
             THEN json_extract_string(properties, '$.product_id') END AS product_id,
-       properties
+       properties,
+       CASE WHEN json_type(properties, '$."revenue"') IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+            THEN TRY_CAST(json_extract(properties, '$."revenue"') AS DOUBLE) END AS revenue
 FROM first_copy
 WHERE type IN ('track', 'page', 'screen') AND (user_id IS NOT NULL OR anonymous_id IS NOT NULL)
   AND (type <> 'track' OR event IS NOT NULL)
@@ -86,7 +88,7 @@ _MERGE = [
        FROM (SELECT DISTINCT user_key FROM incoming WHERE user_key NOT IN (SELECT user_key FROM users))""",
     """INSERT INTO events
        SELECT i.message_id, i.part, i.received_at, i.ts, u.uid, i.name, i.product_id, i.properties, false,
-              NULL, NULL, NULL
+              NULL, NULL, NULL, i.revenue
        FROM incoming i JOIN users u USING (user_key)""",
     """INSERT INTO product_lines
        WITH carts AS (
@@ -153,14 +155,30 @@ class _Tenant:
         for part, key, size in rows:
             grouped.setdefault(part, set()).add((key, size))
         self.parts = {part: frozenset(files) for part, files in grouped.items()}
-        self.generation = _generation(self.parts)
+        self.digests: dict[str, tuple[frozenset[tuple[str, int]], bytes]] = {}
+        self.generation = _generation(self.parts, self.digests)
 
 
-def _generation(parts: dict[str, frozenset[tuple[str, int]]]) -> str:
+def _generation(
+    parts: dict[str, frozenset[tuple[str, int]]],
+    memo: dict[str, tuple[frozenset[tuple[str, int]], bytes]] | None = None,
+) -> str:
+    """A digest of the files by partition. ``memo`` keeps each partition's own digest while its file
+    set stays the same object, so digesting a range costs its partitions, not their files."""
     hasher = hashlib.sha256()
     for part in sorted(parts):
-        for key, size in sorted(parts[part]):
-            hasher.update(f"{key}\t{size}\n".encode())
+        files = parts[part]
+        held = memo.get(part) if memo is not None else None
+        if held is not None and held[0] is files:
+            digest = held[1]
+        else:
+            inner = hashlib.sha256(part.encode())
+            for key, size in sorted(files):
+                inner.update(f"{key}\t{size}\n".encode())
+            digest = inner.digest()
+            if memo is not None:
+                memo[part] = (files, digest)
+        hasher.update(digest)
     return hasher.hexdigest()[:24]
 
 
@@ -238,9 +256,7 @@ def _local_listing(
                 files = frozenset(listed)
                 folders[folder] = (stamp, files)
             if files:
-                partition = Partition.from_key(next(iter(files))[0])
-                if partition is not None:
-                    found[_part_of(partition)] = files
+                found[_folder_part(folder)] = files
     for gone in set(folders) - seen:
         if bounds[0] <= _folder_part(gone) <= bounds[1]:
             del folders[gone]
@@ -347,7 +363,7 @@ class DuckDBWarehouse:
             parts = await self._list(tenant_id, tenant, bounds)
         else:
             parts = {part: files for part, files in tenant.parts.items() if bounds[0] <= part <= bounds[1]}
-        return _generation(parts)
+        return _generation(parts, tenant.digests)
 
     async def _list(
         self, tenant_id: str, tenant: _Tenant, bounds: tuple[str, str] = ("", "~")
@@ -395,7 +411,7 @@ class DuckDBWarehouse:
             )
         await asyncio.to_thread(self._merge, tenant, changed, source, rows)
         tenant.parts = dict(current)
-        tenant.generation = _generation(tenant.parts)
+        tenant.generation = _generation(tenant.parts, tenant.digests)
         return tenant.generation
 
     def _merge(

@@ -21,7 +21,8 @@ TABLES = {
         "settled (true for rows stored in (uid, ts, message_id) order: a scan returns them in that order, so "
         "per-user work needs no sort; rows added since the last re-layout are not settled), first_ts (the "
         "user's first event time), prev_ts (the user's previous event time in (ts, message_id) order, NULL for "
-        "the first), prev_same_ts (the same among the user's events of this name)"
+        "the first), prev_same_ts (the same among the user's events of this name), revenue (properties.revenue "
+        "when a JSON number, else NULL)"
     ),
     "users": "one row per user: uid, user_key ('u:' user id or 'a:' anonymous id), first_ts, last_ts",
     "counts": (
