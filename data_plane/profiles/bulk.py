@@ -175,6 +175,8 @@ class SqliteBulk:
 
     def __init__(self, conn: Any) -> None:
         self.db = conn  # an aiosqlite.Connection
+        # The time texts read this transaction, so an unchanged first/last seen is not formatted again.
+        self._texts: dict[int, str] = {}
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
         return list(await self.db.execute_fetchall(sql, params))
@@ -212,7 +214,19 @@ class SqliteBulk:
         rows = await self._fetch(
             f"SELECT {_SQLITE_PROFILE_SELECT} FROM profiles WHERE profile_id {_IN}", _json(profile_ids)
         )
-        return [_state(row, _sqlite_us(row[4]), _sqlite_us(row[5])) for row in rows]
+        texts = self._texts
+        states = []
+        for row in rows:
+            first, last = _sqlite_us(row[4]), _sqlite_us(row[5])
+            texts[first], texts[last] = row[4], row[5]
+            states.append(_state(row, first, last))
+        return states
+
+    def _time(self, value: int) -> str:
+        text = self._texts.get(value)
+        if text is None:
+            text = self._texts[value] = _sqlite_from_us(value)
+        return text
 
     async def move(self, moves: Sequence[tuple[str, str]]) -> None:
         pairs = [(into, source) for source, into in moves]
@@ -259,10 +273,10 @@ class SqliteBulk:
                     s.user_id,
                     _encode(s.traits).decode(),
                     _encode(s.groups).decode(),
-                    _sqlite_from_us(s.first_seen_us),  # type: ignore[arg-type]
-                    _sqlite_from_us(s.last_seen_us),  # type: ignore[arg-type]
+                    self._time(s.first_seen_us),  # type: ignore[arg-type]
+                    self._time(s.last_seen_us),  # type: ignore[arg-type]
                     s.event_count,
-                    *(s.counts.get(kind, 0) for kind in EVENT_TYPES),
+                    *[s.counts.get(kind, 0) for kind in EVENT_TYPES],
                     _json(s.last_location),
                     _json(s.last_device),
                     s.last_ip,
