@@ -429,7 +429,9 @@ class AccountController(Controller):
 def template_previews() -> list[dict[str, Any]]:
     """What each template creates, for the wizard's preview (read from the shipped catalog)."""
     previews = []
-    for template in shipped():
+    catalog = shipped()
+    # New tenants get a template's latest version.
+    for template in (catalog.get(name) for name in catalog.names()):
         starter = template.starter
         previews.append(
             {
@@ -582,6 +584,7 @@ class TenantPageController(Controller):
             title=tenant.name,
             crumbs=crumbs,
             tenant=tenant,
+            tenant_id=tenant_id,
             runs=runs,
             run=runs[0] if runs else None,
             trust=trust,
