@@ -193,6 +193,10 @@ class PipelineWorker:
         self._reclaimed_at = float("-inf")
         # The last reclaim came back full: more is waiting, reclaim again on the next step.
         self._reclaim_more = False
+        # A sharded worker starts by taking over every entry still pending in its partitions,
+        # whoever holds them (its shard's previous worker is gone), before it reads anything new:
+        # one user's events are then handled in stream order across a restart.
+        self._taking_over = self.partitions is not None
         # Events per entry lately: a read asks for about ``batch_events`` events.
         self._entry_events = 1.0
         # Delivery id -> (tenant, received_at) of what sits in the lake writer's buffers.
@@ -211,11 +215,16 @@ class PipelineWorker:
         return max(1, min(self.batch_size, round(self.batch_events / self._entry_events)))
 
     async def _reclaim(self, count: int) -> list[Entry]:
-        """Entries a dead (or slow) consumer held: of this worker's shard after ``reclaim_idle_ms``,
-        of any partition after ``FOREIGN_RECLAIM_FACTOR`` times that."""
+        """Entries a dead (or slow) consumer held: of this worker's shard after ``reclaim_idle_ms``
+        (at once while taking over), of any partition after ``FOREIGN_RECLAIM_FACTOR`` times that."""
+        idle = 0 if self._taking_over else self.reclaim_idle_ms
         entries = await self.stream.reclaim(
-            self.group, self.consumer, min_idle_ms=self.reclaim_idle_ms, count=count, partitions=self.partitions
+            self.group, self.consumer, min_idle_ms=idle, count=count, partitions=self.partitions
         )
+        if self._taking_over:
+            self._taking_over = len(entries) >= count
+            if entries:
+                return entries
         if self.partitions is not None and len(entries) < count:
             entries += await self.stream.reclaim(
                 self.group,
@@ -231,7 +240,7 @@ class PipelineWorker:
         entries: list[Entry] = []
         # NOTE: while a reclaim comes back full the next step reclaims again, so a dead worker's
         # backlog drains at the pace of processing instead of one batch per idle period.
-        if self._reclaim_more or loop.time() - self._reclaimed_at >= self.reclaim_idle_ms / 1000:
+        if self._taking_over or self._reclaim_more or loop.time() - self._reclaimed_at >= self.reclaim_idle_ms / 1000:
             self._reclaimed_at = loop.time()
             entries = await self._reclaim(count)
             # Our own entries still waiting in the lake's buffer do not mean a backlog.
@@ -290,7 +299,9 @@ class PipelineWorker:
             for track in tracks:
                 self._inflight.pop(track.entry.id, None)
             raise
-        if self._flush_due_in() == 0.0:
+        # While taking over, each batch is settled before the next reclaim, which would otherwise
+        # hand this worker's own unsettled entries back to it (idle 0), counting a delivery each time.
+        if self._taking_over or self._flush_due_in() == 0.0:
             await self.flush()
         return sum(track.size for track in tracks)
 

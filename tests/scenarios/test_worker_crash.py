@@ -1,4 +1,5 @@
-"""100,000 events while `livora worker` processes are killed (SIGKILL) again and again: none lost, none twice."""
+"""100,000 events through `livora cell --workers 2` while two sharded `livora worker` processes are killed
+(SIGKILL) again and again: none lost, none twice, and each user's events in order."""
 
 from __future__ import annotations
 
@@ -20,24 +21,64 @@ from data_plane.lake.layout import Partition
 from data_plane.lake.reader import read_files
 from data_plane.lake.store import open_lake_store
 from tests.support.cell import SECRET, basic
+from tests.support.localstripe_server import free_port
 
 EVENTS = 100_000
 BATCH = 500
 KILLS = 4
+SHARDS = ("0/2", "1/2")
 
 
-def _worker(cell, stream_path) -> subprocess.Popen[bytes]:
-    env = {
+def _env(cell) -> dict[str, str]:
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("LIVORA_")},
         "LIVORA_DATA_DIR": cell.settings.data_dir,
-        "LIVORA_STREAM_LOG_PATH": str(stream_path),
+        "LIVORA_STREAM_LOG_PATH": str(cell.stream_path),
+        "LIVORA_LOG_LEVEL": "warning",
+    }
+
+
+def _worker(cell, shard: str) -> subprocess.Popen[bytes]:
+    env = {
+        **_env(cell),
         "LIVORA_LAKE_FLUSH_SECONDS": "0.5",
         "LIVORA_RECLAIM_IDLE_SECONDS": "1",
-        "LIVORA_LOG_LEVEL": "warning",
+        "LIVORA_WORKER_SHARD": shard,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "livora", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+
+
+def _ingest(cell, port: int) -> subprocess.Popen[bytes]:
+    """Two ingest processes on one port, over the same stream and ledger as the test's cell."""
+    env = {
+        **_env(cell),
+        "LIVORA_CONTROL_PLANE_URL": cell.control_plane.url,
+        "LIVORA_CELL_SECRET": SECRET,
+        "LIVORA_CELL_PORT": str(port),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "livora", "cell", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def _sessions_per_user(cell) -> dict[str, int]:
+    """Distinct session ids per user in the lake. Every user's events here fall within minutes, so
+    one user handled by one worker, in stream order, has exactly one session, whatever the kills."""
+    store = open_lake_store(cell.settings)
+    try:
+        tables = await read_files(store, [info.key for info in await store.list("tenants/")], ["user_id", "session_id"])
+    finally:
+        await store.close()
+    table = pa.concat_tables(list(tables.values()))
+    sessions: dict[str, set[str]] = {}
+    for user, session in zip(table.column("user_id").to_pylist(), table.column("session_id").to_pylist(), strict=True):
+        sessions.setdefault(user, set()).add(session)
+    return {user: len(ids) for user, ids in sessions.items()}
 
 
 async def _lake_rows(cell) -> tuple[int, int, int]:
@@ -64,8 +105,21 @@ def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
     # Enterprise limits: 100k events in a few seconds stay under the tenant's token bucket.
     ops = world.platform["ops_admin"].headers
     assert client.patch(f"/api/v1/tenants/{world.a.id}", json={"plan": "enterprise"}, headers=ops).status_code == 200
+    port = free_port()
+    ingest = _ingest(cell, port)
+    ingest_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{ingest_url}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert ingest.poll() is None, ingest.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline, "livora cell never became ready"
+        time.sleep(0.2)
     deadline = time.monotonic() + 10
-    with httpx.Client(base_url=cell.url, timeout=30) as http:
+    with httpx.Client(base_url=ingest_url, timeout=30) as http:
         probe = {"batch": [{"type": "track", "event": "Probe", "userId": "p"} for _ in range(BATCH)]}
         while http.post("/v1/batch", json=probe, headers=basic(world.a.write_key)).status_code != 202:
             assert time.monotonic() < deadline, "the cell never saw the enterprise plan"
@@ -75,7 +129,7 @@ def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
     failures: list[str] = []
 
     def send() -> None:
-        with httpx.Client(base_url=cell.url, timeout=30) as http:
+        with httpx.Client(base_url=ingest_url, timeout=30) as http:
             for start in range(0, EVENTS, BATCH):
                 batch = [
                     {"type": "track", "event": "Tick", "userId": f"u{i % 997}", "messageId": f"m-{i}"}
@@ -92,32 +146,37 @@ def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
 
     sender = threading.Thread(target=send)
     sender.start()
-    worker = _worker(cell, cell.stream_path)
+    workers = [_worker(cell, shard) for shard in SHARDS]
     kills = 0
     try:
         while kills < KILLS:
             time.sleep(1.5)
-            assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
-            worker.send_signal(signal.SIGKILL)
-            worker.wait(timeout=10)
+            # The two shards' workers die in turn, each replaced by a new process for its shard.
+            victim = kills % len(SHARDS)
+            assert workers[victim].poll() is None, workers[victim].communicate()[1].decode()[-2000:]
+            workers[victim].send_signal(signal.SIGKILL)
+            workers[victim].wait(timeout=10)
             kills += 1
-            worker = _worker(cell, cell.stream_path)
+            workers[victim] = _worker(cell, SHARDS[victim])
         sender.join(timeout=300)
         assert not failures, failures
         assert sent.is_set()
-        # The last worker drains the stream; the books balance once every event is accounted for.
+        # The last workers drain the stream; the books balance once every event is accounted for.
         with httpx.Client(base_url=cell.url, headers={"Authorization": f"Bearer {SECRET}"}) as http:
             deadline = time.monotonic() + 180
             while True:
                 books = http.get("/internal/v1/reconciliation", params={"tenant_id": world.a.id}).json()
                 if books["balanced"]:
                     break
-                assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
+                for worker in workers:
+                    assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
                 assert time.monotonic() < deadline, books
                 time.sleep(0.5)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
+        for process in (*workers, ingest):
+            process.send_signal(signal.SIGTERM)
+        for process in (*workers, ingest):
+            process.wait(timeout=30)
     accepted = sum(h["accepted"] for h in books["hours"])
     probes = BATCH  # the one probe batch that was accepted
     assert accepted == EVENTS + probes
@@ -129,4 +188,7 @@ def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
     assert rows >= distinct
     assert sum(h["dead_lettered"] for h in books["hours"]) == 0
     assert sum(h["duplicates"] for h in books["hours"]) == 0
+    assert sum(h["billed"] for h in books["hours"]) == EVENTS + probes
+    sessions = asyncio.run(_sessions_per_user(cell))
+    assert len(sessions) == 997 + 1 and set(sessions.values()) == {1}, {u: n for u, n in sessions.items() if n > 1}
     print(f"kills={kills} rows_before_compaction={rows} distinct={distinct}")
