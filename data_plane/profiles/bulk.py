@@ -366,7 +366,7 @@ class PostgresBulk:
             f"INSERT INTO {self.t['profiles']} ({columns}) SELECT {values} FROM livora_stage_profiles"
             f" ON CONFLICT (profile_id) DO UPDATE SET {_upsert_columns()}"
         )
-        self._staged = False
+        self._staged: set[str] = set()
         selected = ", ".join(f"{c}::text" if c in _JSON_COLUMNS else c for c in PROFILE_COLUMNS if c != "event_count")
         self._select_profiles = f"SELECT {selected} FROM {self.t['profiles']} WHERE profile_id = ANY($1::text[])"
 
@@ -456,9 +456,13 @@ class PostgresBulk:
         await self._insert_history("relinks", "anonymous_id, from_profile, to_profile, at, message_id", rows)
 
     async def _stage(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        # CAUTION: the staging table empties only at commit, so a second use in one transaction
+        # would move the first rows again.
+        if table in self._staged:
+            raise RuntimeError(f"livora_stage_{table} is already used in this transaction")
         if not self._staged:
             await self.db.execute(_STAGE_DDL)
-            self._staged = True
+        self._staged.add(table)
         await self.db.copy_records_to_table(f"livora_stage_{table}", records=rows, columns=_STAGED[table])
 
     async def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
