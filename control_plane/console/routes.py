@@ -23,6 +23,7 @@ from control_plane.console.security import (
 from control_plane.http import authorize
 from control_plane.identity.principal import Principal
 from control_plane.identity.schemas import InviteAccept, LoginRequest, PasswordChange
+from control_plane.provisioning.schemas import ProvisionRequest
 from control_plane.rbac.authorizer import PLATFORM, tenant_domain
 from control_plane.runtime import Services
 from control_plane.sso.service import safe_return_to
@@ -663,6 +664,34 @@ class TenantPageController(Controller):
     ) -> Response[Any]:
         """Suspend an active tenant (typed confirmation): its people and keys are refused until reactivated."""
         return await self._lifecycle(request, services, tenant_id, "suspend")
+
+    @post(
+        "/provision",
+        operation_id="ConsoleProvisionTenant",
+        opt={"permission": ("tenant", "write"), "audit": "tenant.provisioned"},
+    )
+    async def provision(
+        self, request: Request[Any, Any, Any], tenant_id: FromPath[str], services: NamedDependency[Services]
+    ) -> Response[Any]:
+        """Provision a pending (or failed) tenant; Pattern A with the role ARN its client created."""
+        form = await read_form(request)
+        principal: Principal = request.scope["user"]
+        role_arn = form.get("role_arn", "").strip()
+        try:
+            data = msgspec.convert({"role_arn": role_arn} if role_arn else {}, ProvisionRequest)
+            params = {"role_arn": data.role_arn} if data.role_arn else None
+            await services.provisioning.start(
+                tenant_id, "provision", created_by=principal.id, params=params, wait=False
+            )
+        except (AppError, msgspec.ValidationError) as exc:
+            detail = (
+                exc.detail
+                if isinstance(exc, AppError)
+                else ("The role ARN looks like arn:aws:iam::<12-digit account>:role/<name>.")
+            )
+            status = exc.status_code if isinstance(exc, AppError) else 400
+            return await self._page(request, services, tenant_id, error=detail, status_code=status)
+        return see_other(request, f"{PREFIX}/t/{tenant_id}")
 
     @post(
         "/reactivate",
