@@ -504,6 +504,26 @@ def test_list_pages_through_every_profile(store: ProfileStore, tenant: str, aio:
         aio(store.list(tenant, limit=0))
 
 
+def test_sessions_are_saved_replaced_and_deleted_per_profile(store: ProfileStore, tenant: str, aio: Run[Any]) -> None:
+    other = new_tenant()
+
+    async def scenario() -> None:
+        assert await store.load_sessions(tenant, ["p1"]) == {}  # no storage yet: reads empty, creates nothing
+        # Binary state (NUL bytes included), more profiles than one bound list would hold.
+        first = {f"p{n}": bytes([n % 256, 0, 255]) + f"state{n}".encode() for n in range(1200)}
+        await store.save_sessions(tenant, first)
+        await store.save_sessions(other, {"p1": b"other tenant"})
+        assert await store.load_sessions(tenant, [*first, "unknown"]) == first
+        await store.save_sessions(tenant, {"p1": b"replaced", "p2": None, "p3": None, "never": None})
+        expected = {**first, "p1": b"replaced"}
+        del expected["p2"], expected["p3"]
+        assert await store.load_sessions(tenant, [*first, "never"]) == expected
+        assert await store.load_sessions(other, ["p1", "p2"]) == {"p1": b"other tenant"}
+        assert await store.load_sessions(tenant, []) == {}
+
+    aio(scenario())
+
+
 def test_purge_applied_forgets_old_message_ids(store: ProfileStore, tenant: str, aio: Run[Any]) -> None:
     old = event(tenant, user_id="u")
     new = msgspec.structs.replace(event(tenant, user_id="u"), received_at=T0 + dt.timedelta(days=8))
