@@ -273,7 +273,9 @@ class Ingestor:
                 # The ledger's tables must exist before the log's transaction writes to them.
                 await ledger.open()
                 self._ledger_ready = True
-            await self.stream.append(records, also=ledger.accepted_rows(tenant.id, received_at, len(events), keys))
+            new = ledger.new_users(tenant.id, received_at, keys)
+            await self.stream.append(records, also=ledger.accepted_rows(tenant.id, received_at, len(events), new))
+            ledger.counted(tenant.id, received_at, new)
         else:
             await self.stream.append(records)
             # Counted before the 202: what a client was told is accepted is always in the ledger.

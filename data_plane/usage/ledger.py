@@ -156,6 +156,9 @@ def open_ledger(cell: CellSettings, stream: object) -> UsageLedger:
     return UsageLedger(cell.usage_path)
 
 
+# At most this many (tenant, user) pairs of the current hour are remembered per process (~100 bytes each).
+_KNOWN_USERS_MAX = 250_000
+
 _TABLES = ("usage_hours", "usage_users", "usage_counted", "usage_outbox", "usage_marks")
 
 
@@ -259,6 +262,10 @@ class UsageLedger:
         )
         self._queue: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
+        # Users this process has counted (committed) in the current hour: not written again. Most
+        # requests come from users seen minutes before, and their rows were most of the append's work.
+        self._known_hour = -1
+        self._known_users: set[str] = set()
 
     @property
     def path(self) -> Path:
@@ -269,10 +276,30 @@ class UsageLedger:
     async def accepted(self, tenant_id: str, received_at: dt.datetime, count: int, user_keys: Iterable[str]) -> None:
         """Count ``count`` events accepted at ``received_at`` and the users behind them; durable on return."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(tenant_id, _epoch(received_at), count, set(user_keys), done))
+        keys = self.new_users(tenant_id, received_at, user_keys)
+        self._queue.append(_Pending(tenant_id, _epoch(received_at), count, set(keys), done))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         await done
+        self.counted(tenant_id, received_at, keys)
+
+    def new_users(self, tenant_id: str, received_at: dt.datetime, user_keys: Iterable[str]) -> list[str]:
+        """The keys among ``user_keys`` this process has not counted yet in that hour."""
+        if _epoch(received_at) != self._known_hour:
+            return list(user_keys)
+        known = self._known_users
+        return [key for key in user_keys if f"{tenant_id}\x00{key}" not in known]
+
+    def counted(self, tenant_id: str, received_at: dt.datetime, user_keys: Iterable[str]) -> None:
+        """These users' rows of that hour are committed (call after the commit, never before)."""
+        hour = _epoch(received_at)
+        if hour != self._known_hour:
+            if hour < self._known_hour:
+                return
+            # Ingestion counts in the hour of receipt: an earlier hour's users will not come again.
+            self._known_hour, self._known_users = hour, set()
+        if len(self._known_users) < _KNOWN_USERS_MAX:
+            self._known_users.update(f"{tenant_id}\x00{key}" for key in user_keys)
 
     async def _drain(self) -> None:
         try:
@@ -314,7 +341,7 @@ class UsageLedger:
 
         The embedded log runs them inside its append (``LogStream.append(also=...)``) when the ledger
         lives in the log's file: the events and their count commit together, with one fsync.
-        Call ``open`` once before, so the tables exist.
+        Call ``open`` once before, so the tables exist, and ``counted`` once the transaction committed.
         """
         hour = _epoch(received_at)
         totals = {(tenant_id, hour): count}

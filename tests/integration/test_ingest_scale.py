@@ -259,3 +259,49 @@ def test_rate_limit_store_down_is_503_not_500(tmp_path: Path):
 
     with pytest.raises(Unavailable):
         asyncio.run(run())
+
+
+def test_a_users_rows_are_written_once_per_hour_and_process(tmp_path: Path):
+    async def run() -> list:
+        ledger = UsageLedger(tmp_path / "usage.db")
+        ten, eleven = dt.datetime(2026, 5, 1, 10, 5, tzinfo=dt.UTC), dt.datetime(2026, 5, 1, 11, 5, tzinfo=dt.UTC)
+        await ledger.accepted("ten_a", ten, 2, {"k1", "k2"})
+        seen = [sorted(ledger.new_users("ten_a", ten, ["k1", "k3"])), ledger.new_users("ten_b", ten, ["k1"])]
+        await ledger.accepted("ten_a", ten, 2, {"k1", "k3"})
+        # A new hour counts its users again.
+        seen.append(sorted(ledger.new_users("ten_a", eleven, ["k1"])))
+        await ledger.accepted("ten_a", eleven, 1, {"k1"})
+        hours = [(h.accepted, h.users) for h in await ledger.hours("ten_a")]
+        await ledger.close()
+        return [*seen, hours]
+
+    assert asyncio.run(run()) == [["k3"], ["k1"], ["k1"], [(4, 3), (1, 1)]]
+
+
+def test_the_log_stores_payloads_compressed_and_reads_an_older_log(tmp_path: Path):
+    path = tmp_path / "log.db"
+    # An older log: no codec column, one plain entry.
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO meta VALUES ('partitions', '8');"
+            "CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, partition INTEGER NOT NULL,"
+            " partition_key TEXT NOT NULL, payload BLOB NOT NULL);"
+        )
+        conn.execute(
+            "INSERT INTO entries (partition, partition_key, payload) VALUES (?, ?, ?)",
+            (partition_for("ten_a/old", 8), "ten_a/old", b"x" * 2000),
+        )
+    big = b'[{"message_id": "m", "properties": {"n": 1}}]' * 200
+
+    async def run() -> list[bytes]:
+        stream = LogStream(path)
+        await stream.append([Record("ten_a/new", big), Record("ten_a/tiny", b"{}")])
+        entries = await stream.read("g", "c", count=10)
+        await stream.close()
+        return sorted(entry.payload for entry in entries)
+
+    assert asyncio.run(run()) == sorted([b"x" * 2000, big, b"{}"])
+    with sqlite3.connect(path) as conn:
+        stored = dict(conn.execute("SELECT partition_key, length(payload) FROM entries").fetchall())
+    assert stored["ten_a/old"] == 2000 and stored["ten_a/new"] < len(big) / 5 and stored["ten_a/tiny"] == 2
