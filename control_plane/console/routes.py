@@ -289,14 +289,20 @@ class AccountPagesController(Controller):
     async def invite_page(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services], token: FromQuery[str] = ""
     ) -> Response[Any]:
-        """The invitation mail's link: join with a name and a password (or, when you have an account, accept)."""
+        """The invitation mail's link: join with a name and a password, continue with single sign-on, or accept
+        as the person already signed in."""
+        token = token[:200]
         try:
-            invite = await services.identity.describe_invite(token[:200])
+            invite = await services.identity.describe_invite(token)
         except AppError as exc:
             return await render(
                 request, None, "invite.html", title="Invitation", invite=None, token="", error=exc.detail
             )
         how = await services.sso.discover(invite.email)
+        sso_url = None
+        if how.method == "sso" and how.start_url:
+            back = f"{PREFIX}/invite?{urlencode({'token': token})}"
+            sso_url = f"{how.start_url}&{urlencode({'return_to': back})}"
         return await render(
             request,
             None,
@@ -304,7 +310,8 @@ class AccountPagesController(Controller):
             title="Accept your invitation",
             invite=invite,
             token=token,
-            sso=how.method == "sso",
+            sso_url=sso_url,
+            signed_in_as=_signed_in_email(request),
         )
 
     @post("/invite", operation_id="ConsoleAcceptInvite", opt={"public": True, "audit": "invite.accepted"})
@@ -320,21 +327,30 @@ class AccountPagesController(Controller):
             return await render(
                 request, None, "invite.html", title="Invitation", invite=None, token="", error=exc.detail
             )
-        page = {"title": "Accept your invitation", "invite": invite, "token": token, "sso": False}
+        signed_in_as = _signed_in_email(request)
+        page = {
+            "title": "Accept your invitation",
+            "invite": invite,
+            "token": token,
+            "sso_url": None,
+            "signed_in_as": signed_in_as,
+        }
+        # Signed in as the invited person (say, by single sign-on): accept for that account, nothing to choose.
+        principal: Principal | None = request.scope.get("user") if signed_in_as == invite.email else None
         try:
-            if invite.needs_password and password != form.get("confirm_password", ""):
+            if principal is None and invite.needs_password and password != form.get("confirm_password", ""):
                 raise ValidationFailed("The two passwords differ.", code="password_mismatch")
-            accepted = await services.identity.accept_invite(
-                msgspec.convert(
-                    {"token": token, "password": password or None, "name": form.get("name", "").strip()[:200] or None},
-                    InviteAccept,
-                )
-            )
+            fields = {"token": token}
+            if principal is None:
+                fields |= {"password": password or None, "name": form.get("name", "").strip()[:200] or None}
+            accepted = await services.identity.accept_invite(msgspec.convert(fields, InviteAccept), signed_in=principal)
         except (AppError, msgspec.ValidationError) as exc:
             detail = exc.detail if isinstance(exc, AppError) else validation_text(exc)
             status = exc.status_code if isinstance(exc, AppError) else 400
             return await render(request, None, "invite.html", error=detail, status_code=status, **page)
         target = f"{PREFIX}/t/{accepted.tenant_id}" if accepted.tenant_id else PREFIX
+        if principal is not None:
+            return see_other(request, target)
         if not invite.needs_password:
             # An existing account signs in the way it always does.
             return see_other(request, f"{PREFIX}/login?{urlencode({'next': target, 'joined': 1})}")
@@ -350,6 +366,11 @@ class AccountPagesController(Controller):
         return see_other(
             request, target, cookies=[session_cookie(settings, session.token, settings.session_ttl_seconds)]
         )
+
+
+def _signed_in_email(request: Request[Any, Any, Any]) -> str | None:
+    principal: Principal | None = request.scope.get("user")
+    return principal.label if principal is not None and principal.kind == "user" else None
 
 
 class AccountController(Controller):

@@ -557,7 +557,11 @@ class IdentityService:
             needs_password=user is None or user.password_hash is None,
         )
 
-    async def accept_invite(self, data: schemas.InviteAccept) -> schemas.InviteAccepted:
+    async def accept_invite(
+        self, data: schemas.InviteAccept, *, signed_in: Principal | None = None
+    ) -> schemas.InviteAccepted:
+        """Accept with the code; ``signed_in``: the person already signed in (for example by single sign-on)
+        accepts for their own account, with no password to choose."""
         now = utcnow()
         # The token is the credential here; which tenant it opens is learnt from it.
         with dangerously_unscoped():
@@ -577,7 +581,12 @@ class IdentityService:
                 self.db.add(user)
             elif not user.is_active:
                 raise Conflict("This account is disabled; contact your administrator.", code="user_disabled")
-            if user.password_hash is None:
+            if signed_in is not None and signed_in.id != user.id:
+                raise Conflict(
+                    f"This invitation is for {invite.email}; you are signed in as {signed_in.label}.",
+                    code="invite_for_someone_else",
+                )
+            if user.password_hash is None and signed_in is None:
                 if not data.password:
                     raise ValidationFailed("Choose a password to create your account.", code="password_required")
                 check_password_strength(data.password, user.email)

@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 
+from control_plane.db.models import User
 from control_plane.http import SESSION_COOKIE
 from control_plane.identity.models import PasswordReset
 from control_plane.settings import Settings
-from kernel.db import utcnow
+from control_plane.sso.schemas import SsoConnectionCreate
+from kernel.db import new_id, utcnow
+from kernel.tenancy import dangerously_unscoped
 from tests.support.api import outbox, problem, set_columns
 from tests.support.server import LiveServer
 from tests.support.world import PASSWORD, World
@@ -228,4 +231,57 @@ def test_the_invitation_mail_links_to_an_accept_page_that_signs_you_in(
         used = browser.get(f"/console/invite?token={token}")
         assert "already used" in used.text
     members = client.get(f"/api/v1/tenants/{world.a.id}/members", headers=owner.headers, params={"limit": 100}).json()
+    assert any(m["email"] == email and m["role"] == "analyst" for m in members["items"])
+
+
+def test_a_person_signed_in_by_sso_accepts_an_invitation_without_a_password(
+    client: httpx.Client, server: LiveServer, world: World, settings: Settings, aio: Callable[[Awaitable[Any]], Any]
+) -> None:
+    email = "sso.person@corp-b.example"
+
+    async def prepare() -> str:
+        async with world.runtime.services() as services:
+            await services.sso.create(
+                world.b.id,
+                SsoConnectionCreate(
+                    issuer="https://idp.example.com",
+                    client_id="livora",
+                    client_secret="s3cret-value",
+                    allowed_domains=["corp-b.example"],
+                ),
+                None,
+                may_grant_owner=True,
+            )
+            # An account single sign-on created: no password, and a session of its own.
+            user = User(id=new_id("usr"), email=email, name="Sso Person")
+            services.db.add(user)
+            await services.db.flush()
+            _, token = services.identity.stage_session(user, source_ip=None, user_agent=None)
+            with dangerously_unscoped():
+                await services.db.commit()
+            return token
+
+    session = aio(prepare())
+    owner = world.b.members["owner"]
+    assert client.post(
+        f"/api/v1/tenants/{world.b.id}/invites", json={"email": email, "role": "analyst"}, headers=owner.headers
+    ).is_success
+    _, token = INVITE_LINK.search(mails_to(settings, email)[-1]["text"]).groups()  # type: ignore[union-attr]
+    with httpx.Client(base_url=server.url, timeout=30) as visitor:
+        page = visitor.get(f"/console/invite?token={token}")
+        sso = re.search(r'href="([^"]*/api/v1/sso/start\?[^"]+)"', page.text)
+        assert sso and "return_to=%2Fconsole%2Finvite%3Ftoken%3D" in sso.group(1).replace("&amp;", "&")
+    with httpx.Client(base_url=server.url, timeout=30) as stranger:
+        stranger.cookies.set(SESSION_COOKIE, world.a.members["viewer"].token)
+        wrong = stranger.get(f"/console/invite?token={token}")
+        assert "but this invitation is for sso.person@corp-b.example" in wrong.text
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        browser.cookies.set(SESSION_COOKIE, session)
+        page = browser.get(f"/console/invite?token={token}")
+        assert f"You are signed in as {email}" in page.text and 'name="password"' not in page.text
+        csrf = CSRF_IN_PAGE.search(page.text).group(1)  # type: ignore[union-attr]
+        accepted = browser.post("/console/invite", data={"_csrf": csrf, "token": token})
+        assert accepted.status_code == 303 and accepted.headers["location"] == f"/console/t/{world.b.id}"
+        assert browser.get(accepted.headers["location"]).status_code == 200
+    members = client.get(f"/api/v1/tenants/{world.b.id}/members", headers=owner.headers, params={"limit": 100}).json()
     assert any(m["email"] == email and m["role"] == "analyst" for m in members["items"])
