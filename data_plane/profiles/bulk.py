@@ -369,6 +369,26 @@ class PostgresBulk:
         self._staged: set[str] = set()
         selected = ", ".join(f"{c}::text" if c in _JSON_COLUMNS else c for c in PROFILE_COLUMNS if c != "event_count")
         self._select_profiles = f"SELECT {selected} FROM {self.t['profiles']} WHERE profile_id = ANY($1::text[])"
+        i = self.t["identities"]
+        # The stored keys among (kind $1, identifier $2), then the user ids of profiles reached only
+        # through anonymous ids.
+        # NOTE: one index probe per key, whatever the statistics say: each LATERAL subquery is fenced
+        # (LIMIT / OFFSET) so it cannot be flattened into a join. asyncpg prepares statements and
+        # PostgreSQL plans them generically after five runs; without the fence that plan walked
+        # every user of the tenant (kind = 'user' alone) or hashed the whole table, 5 to 30 times
+        # the cost of the probes. The members' subquery filters on profile_id only, so only its
+        # index can serve it.
+        self.select_identities = (
+            "WITH owner AS ("
+            " SELECT o.kind, o.identifier, o.profile_id FROM unnest($1::text[], $2::text[]) AS k(kind, identifier),"
+            f" LATERAL (SELECT kind, identifier, profile_id FROM {i}"
+            " WHERE kind = k.kind AND identifier = k.identifier LIMIT 1) AS o)"
+            " SELECT true, kind, identifier, profile_id FROM owner"
+            " UNION ALL"
+            f" SELECT false, m.kind, m.identifier, m.profile_id FROM ({_ANONYMOUS_ONLY}) AS a,"
+            f" LATERAL (SELECT kind, identifier, profile_id FROM {i} WHERE profile_id = a.profile_id OFFSET 0) AS m"
+            " WHERE m.kind = 'user'"
+        )
 
     async def applied(self, message_ids: Sequence[str]) -> list[tuple[str, str]]:
         rows = await self.db.fetch(
@@ -392,24 +412,8 @@ class PostgresBulk:
         return [tuple(row) for row in found], [tuple(row) for row in moved]  # type: ignore[misc]
 
     async def identities(self, keys: Sequence[tuple[str, str]]) -> tuple[list[IdentityRow], list[tuple[str, str]]]:
-        i = self.t["identities"]
-        # NOTE: ``= ANY(array)`` per kind, not a join with ``unnest``: the join's generic plan (asyncpg
-        # prepares statements, PostgreSQL plans them generically after five runs) hashes the whole
-        # table while it has no statistics; ANY stays an index scan of the primary key.
         rows = await self.db.fetch(
-            "WITH owner AS ("
-            f" SELECT kind, identifier, profile_id FROM {i} WHERE kind = 'user' AND identifier = ANY($1::text[])"
-            " UNION ALL"
-            f" SELECT kind, identifier, profile_id FROM {i} WHERE kind = 'anonymous' AND identifier = ANY($2::text[]))"
-            " SELECT true, kind, identifier, profile_id FROM owner"
-            " UNION ALL"
-            # OFFSET 0 keeps ``kind = 'user'`` out of the index scan (it matches half the table).
-            " SELECT false, kind, identifier, profile_id FROM"
-            f" (SELECT kind, identifier, profile_id FROM {i}"
-            f" WHERE profile_id = ANY(ARRAY({_ANONYMOUS_ONLY})) OFFSET 0) AS members"
-            " WHERE kind = 'user'",
-            [identifier for kind, identifier in keys if kind == "user"],
-            [identifier for kind, identifier in keys if kind == "anonymous"],
+            self.select_identities, [kind for kind, _ in keys], [identifier for _, identifier in keys]
         )
         owners = [(row[1], row[2], row[3]) for row in rows if row[0]]
         members = [(row[2], row[3]) for row in rows if not row[0]]

@@ -25,7 +25,7 @@ from data_plane.events import Event
 from data_plane.pipeline.identity import IdentityGraph, Resolution, profile_id_for
 from data_plane.profiles import MergeRecord, Profile, ProfilesSettings, ProfileStore, create_profile_store
 from data_plane.profiles import sql as profiles_sql
-from data_plane.profiles.bulk import SQLITE_IDENTITIES
+from data_plane.profiles.bulk import SQLITE_IDENTITIES, PostgresBulk
 from data_plane.profiles.models import applied_messages
 from data_plane.profiles.postgres import PostgresProfileStore
 from data_plane.profiles.sqlite import SqliteProfileStore
@@ -545,6 +545,35 @@ def test_sqlite_identity_lookups_search_indexes_never_the_whole_table(tmp_path: 
     assert len(on_identities) == 3, plan
     assert all(step.startswith("SEARCH identities USING INDEX") for step in on_identities), plan
     assert all("identifier=?" in step or "profile_id=?" in step for step in on_identities), plan
+
+
+def test_postgres_identity_lookups_probe_indexes_even_under_a_generic_plan(
+    profiles_postgres_url: str, aio: Run[Any]
+) -> None:
+    """asyncpg prepares statements and PostgreSQL plans them generically after five runs; the
+    identity read must stay index probes then too, on a tenant whose tables have no statistics."""
+    store = PostgresProfileStore(profiles_postgres_url)
+    tenant = new_tenant()
+
+    async def plan() -> str:
+        people = [event(tenant, user_id=f"u{n}", anonymous_id=f"a{n}") for n in range(3000)]
+        await store.apply(tenant, people)
+        connection = await asyncpg.connect(profiles_postgres_url)
+        try:
+            await connection.execute("SET plan_cache_mode = force_generic_plan")
+            query = PostgresBulk(connection, schema_name(tenant)).select_identities
+            rows = await connection.fetch(f"EXPLAIN {query}", ["user", "anonymous"], ["u1", "a2"])
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await connection.close()
+            await store.drop_tenant(tenant)
+            await store.close()
+
+    explained = aio(plan())
+    assert "Seq Scan on identities" not in explained and "Hash Join" not in explained, explained
+    # One probe per key, one per profile reached only through an anonymous id.
+    assert "Index Cond: (((kind)::text = k.kind) AND ((identifier)::text = k.identifier))" in explained, explained
+    assert "Index Cond: ((profile_id)::text = (a.profile_id)::text)" in explained, explained
 
 
 def test_storage_failures_are_unavailable_not_driver_errors(
