@@ -151,7 +151,8 @@ return table.concat(out)
 
 # KEYS[1] partition stream, KEYS[2] dead-letter stream. Acks entry ARGV[2] in group ARGV[1] and
 # stores it with its reason in one step; answers the dead letter's id, or nil when the entry was
-# not pending (so a retry does not store it twice).
+# not pending (so a retry does not store it twice). ARGV[8] = '1': keep the payload ARGV[7] the
+# caller gave (some events of the entry only) rather than the stored one.
 _DEAD_LETTER = """
 local info = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if type(info) ~= 'table' or info.err or #info == 0 then return false end
@@ -160,7 +161,8 @@ local found = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if found[1] then
   local fields = found[1][2]
   for j = 1, #fields, 2 do
-    if fields[j] == 'k' then key = fields[j + 1] elseif fields[j] == 'v' then payload = fields[j + 1] end
+    if fields[j] == 'k' then key = fields[j + 1]
+    elseif fields[j] == 'v' and ARGV[8] ~= '1' then payload = fields[j + 1] end
   end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
@@ -457,7 +459,16 @@ class RedisStream:
         with self._translated("dead_letter"):
             dead_id = await self._dead_letter(
                 keys=[self._keys[partition], self._dead],
-                args=[group, position, entry.id, partition, reason, entry.partition_key, entry.payload if payload is None else payload],
+                args=[
+                    group,
+                    position,
+                    entry.id,
+                    partition,
+                    reason,
+                    entry.partition_key,
+                    entry.payload if payload is None else payload,
+                    "0" if payload is None else "1",
+                ],
             )
         return None if dead_id is None else dead_id.decode()
 
