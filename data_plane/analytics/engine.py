@@ -104,26 +104,32 @@ def funnel_paths(
     else:
         positions[0] = starts
         reached[0] = True
-        alive = np.ones(attempts, dtype=bool)
+        # Only attempts still going are carried to the next step (their indices in `alive`).
+        alive = np.arange(attempts)
+        previous = starts
+        alive_users = users
+        alive_starts = start_ts
         for k in range(1, steps):
-            previous = positions[k - 1]
+            if len(alive) == 0:
+                break
             if order == "strict":
                 found = previous + 1
-                ok = alive & (found < rows)
+                ok = found < rows
                 found = np.where(ok, found, 0)
-                ok &= (uid[found] == users) & matches[k][found]
+                ok &= matches[k][found]
             else:
+                # The first row after `previous` that matches step k (needles come sorted).
                 candidates = np.flatnonzero(matches[k])
                 if len(candidates) == 0:
                     break
                 j = np.searchsorted(candidates, previous, side="right")
-                ok = alive & (j < len(candidates))
+                ok = j < len(candidates)
                 found = candidates[np.minimum(j, len(candidates) - 1)]
-                ok &= uid[found] == users
-            ok &= ts[found] - start_ts <= window_us
-            positions[k] = np.where(ok, found, -1)
-            reached[k] = ok
-            alive = ok
+            ok &= (uid[found] == alive_users) & (ts[found] - alive_starts <= window_us)
+            alive, previous = alive[ok], found[ok]
+            alive_users, alive_starts = alive_users[ok], alive_starts[ok]
+            positions[k, alive] = previous
+            reached[k, alive] = True
         depth = reached.sum(axis=0)
         for mask, a, b in exclusions:
             excluded = np.flatnonzero(mask)
@@ -138,9 +144,10 @@ def funnel_paths(
     # (rows are sorted by user and starts ascend), so each user's attempts are one run.
     if attempts == 0:
         return FunnelPaths(depth[:0], positions[0][:0], np.zeros((steps, 0), dtype=np.int64))
-    run_start = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    opens = np.r_[True, users[1:] != users[:-1]]
+    run_start = np.flatnonzero(opens)
     deepest = np.maximum.reduceat(depth, run_start)
-    run_of = np.repeat(np.arange(len(run_start)), np.diff(np.r_[run_start, attempts]))
+    run_of = np.cumsum(opens) - 1
     best = np.flatnonzero(depth == deepest[run_of])
     chosen = best[np.r_[True, run_of[best][1:] != run_of[best][:-1]]]
     chosen = chosen[depth[chosen] >= 1]

@@ -78,6 +78,10 @@ def _horizon(span: Span, period: calendar.Interval, periods: int) -> int:
     return int(calendar.period_starts(_number(span.last, period) + periods + 1, 0, period, span.zone)[0])
 
 
+_KEY = 4096  # more than the days a KPI query spans (1,098 + 29)
+_NONE = _KEY - 1
+
+
 def _numeric(prop: str) -> tuple[str, list[Any]]:
     """The property as a number (NULL unless a JSON number): the ``revenue`` column the warehouse
     extracted when the data landed, or read from the JSON text for any other property."""
@@ -762,23 +766,26 @@ class AnalyticsService:
         lead_days = total_days - count
         of = functools.partial(calendar.bucket_sql, starts, span.high)
         if _aligned(starts, span.high):
-            volume = f"""SELECT 2, {of(f"slot * {SLOT_US}")}, (name = ?)::BIGINT, sum(events)::BIGINT FROM counts
-                WHERE slot >= ? AND slot < ? GROUP BY ALL"""
+            volume = f"""SELECT 2, {of(f"slot * {SLOT_US}")} * {_KEY} + (name = ?)::BIGINT, sum(events)::BIGINT
+                FROM counts WHERE slot >= ? AND slot < ? GROUP BY ALL"""
             volume_params: list[Any] = [plan.purchase_event, span.low // SLOT_US, span.high // SLOT_US]
         else:
-            volume = f"""SELECT 2, {of("ts")}, (name = ?)::BIGINT, count(*) FROM events
+            volume = f"""SELECT 2, {of("ts")} * {_KEY} + (name = ?)::BIGINT, count(*) FROM events
                 WHERE ts >= ? AND ts < ? GROUP BY ALL"""
             volume_params = [plan.purchase_event, span.low, span.high]
         lead_low = int(starts[0])
+        # Each row as (day, days since the user's previous active day, 0 for the same day, or `_NONE` when
+        # none since the lead began): a pair key, exact for any range (at most 1,127 days here).
+        pair = f"{of('ts')} * {_KEY} + coalesce({of('ts')} - {of('{prev}')}, {_NONE})"
         table = await self._fetch(
             tenant,
-            f"""SELECT 0 AS kind, d, p, count(*) AS n FROM (
-                    SELECT {of("ts")} AS d, {of("prev_ts")} AS p FROM events WHERE ts >= ? AND ts < ?)
-                WHERE p IS DISTINCT FROM d GROUP BY ALL
+            f"""SELECT 0 AS kind, k, count(*) AS n FROM (
+                    SELECT {pair.format(prev="prev_ts")} AS k FROM events WHERE ts >= ? AND ts < ?)
+                WHERE k % {_KEY} > 0 GROUP BY k
                 UNION ALL
-                SELECT 1, d, p, count(*) FROM (
-                    SELECT {of("ts")} AS d, {of("prev_same_ts")} AS p FROM events WHERE name = ? AND ts >= ? AND ts < ?)
-                WHERE p IS DISTINCT FROM d GROUP BY ALL
+                SELECT 1, k, count(*) FROM (
+                    SELECT {pair.format(prev="prev_same_ts")} AS k FROM events WHERE name = ? AND ts >= ? AND ts < ?)
+                WHERE k % {_KEY} > 0 GROUP BY k
                 UNION ALL {volume}""",
             [lead_low, span.high, plan.purchase_event, lead_low, span.high, *volume_params],
         )
@@ -791,10 +798,11 @@ class AnalyticsService:
             [*revenue_params, plan.purchase_event, span.low, span.high],
         )
         kind = _column(table, "kind", np.int64)
-        day = _column(table, "d", np.int64)
-        before = table.column("p").is_null().to_numpy(zero_copy_only=False)
-        previous = table.column("p").fill_null(-(10**6)).to_numpy(zero_copy_only=False).astype(np.int64)
+        key = _column(table, "k", np.int64)
         n = _column(table, "n", np.int64)
+        day, gap = key // _KEY, key % _KEY
+        before = gap == _NONE
+        previous = day - gap
 
         def per_day(mask: np.ndarray) -> np.ndarray:
             totals = np.zeros(total_days, dtype=np.int64)
@@ -819,7 +827,7 @@ class AnalyticsService:
         wau, mau = rolling(7), rolling(30)
         purchasers = per_day(kind == 1)
         events = per_day(kind == 2)
-        orders = per_day((kind == 2) & (previous == 1))
+        orders = per_day((kind == 2) & (gap == 1))
         sale_day = _column(sales, "d", np.int64) - lead_days
         values = _column(sales, "v", np.float64)
         revenue = engine.fsum_by(sale_day, values, count)
