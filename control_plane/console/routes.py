@@ -139,6 +139,12 @@ async def static(name: FromPath[str]) -> Response[bytes]:
     )
 
 
+@get(f"{PREFIX}/{{rest:path}}", operation_id="ConsoleNotFound", opt={"public": True}, include_in_schema=False)
+async def not_found(rest: FromPath[str]) -> None:
+    """Any other console address: a page that says so (the API's unknown paths stay problem details)."""
+    raise NotFound("There is no such page in the console.", code="page_not_found")
+
+
 class ShellController(Controller):
     path = PREFIX
 
@@ -789,6 +795,7 @@ def console_router() -> Router:
         route_handlers=[
             root,
             static,
+            not_found,
             ShellController,
             AccountPagesController,
             AccountController,

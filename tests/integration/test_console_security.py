@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from control_plane.console.security import CSRF_COOKIE, session_cookie
+from control_plane.db.models import Membership
 from control_plane.http import SESSION_COOKIE
 from control_plane.settings import Settings
+from kernel.db import new_id
+from kernel.tenancy import tenant_scope
 from tests.support.server import LiveServer
 from tests.support.world import PASSWORD, Actor, World
 
@@ -123,7 +127,8 @@ def test_unsafe_requests_need_the_csrf_token(server: LiveServer, world: World) -
         refused = client.post("/console/logout")
         assert refused.status_code == 403 and "expired or did not come from this site" in refused.text
         assert client.post("/console/logout", data={"_csrf": "0" * 64}).status_code == 403
-        assert client.post("/console/logout", headers={"X-CSRF-Token": token[:-1] + "0"}).status_code == 403
+        altered = token[:-1] + ("1" if token[-1] == "0" else "0")
+        assert client.post("/console/logout", headers={"X-CSRF-Token": altered}).status_code == 403
         assert client.get("/console/account").status_code == 200, "a refused sign-out must not end the session"
         done = client.post("/console/logout", headers={"X-CSRF-Token": token, "HX-Request": "true"})
         assert done.status_code == 204 and done.headers["hx-redirect"].startswith("/console/login")
@@ -225,3 +230,44 @@ def test_a_member_of_one_workspace_lands_in_it(server: LiveServer, world: World)
     with browser(server, world.outsider) as client:
         empty = client.get("/console")
         assert empty.status_code == 200 and "not in any workspace yet" in empty.text
+
+
+def test_unknown_console_pages_are_pages_too(server: LiveServer, world: World) -> None:
+    with browser(server, world.platform["ops_viewer"]) as client:
+        for path in ("/console/nope", "/console/ops/nope/deeper"):
+            response = client.get(path)
+            assert response.status_code == 404 and response.headers["content-type"].startswith("text/html"), path
+            assert "There is no such page" in response.text
+        assert client.get("/console").status_code == 200
+        assert client.get("/console/static/console.css").status_code == 200
+        assert client.get("/api/v1/nope").headers["content-type"].startswith("application/problem+json")
+
+
+def test_the_tenant_switcher_lists_every_workspace(
+    server: LiveServer, world: World, aio: Callable[[Awaitable[Any]], Any]
+) -> None:
+    actor = world.a.members["sales"]
+
+    async def join_b() -> None:
+        async with world.runtime.services() as services:
+            with tenant_scope(world.b.id):
+                services.db.add(
+                    Membership(id=new_id("mem"), tenant_id=world.b.id, user_id=actor.user_id or "", role="viewer")
+                )
+                await services.db.commit()
+
+    aio(join_b())
+    with browser(server, actor) as client:
+        home = client.get("/console")
+        assert home.status_code == 200 and "Your workspaces" in home.text
+        page = client.get(f"/console/t/{world.b.id}")
+        switcher = re.search(r'<select id="tenant-switcher".*?</select>', page.text, re.S).group(0)  # type: ignore[union-attr]
+        assert "Tenant A (sales)" in switcher and "Tenant B (viewer)" in switcher
+        assert re.search(rf'value="{world.b.id}" selected', switcher)
+        switched = client.get("/console/switch", params={"tenant_id": world.a.id})
+        assert switched.status_code == 303 and switched.headers["location"] == f"/console/t/{world.a.id}"
+        # The switcher is only a link: a foreign workspace stays 404.
+        assert (
+            client.get(client.get("/console/switch", params={"tenant_id": "ten_other"}).headers["location"]).status_code
+            == 404
+        )
