@@ -12,10 +12,12 @@ import pytest
 
 from data_plane.events import Event, decode_entry, encode_entry, encode_event
 from data_plane.ops.service import Operations
+from data_plane.pipeline.settings import PipelineSettings, load_pipeline_settings
 from data_plane.pipeline.worker import GROUP, PipelineWorker, create_worker, delivery_id, shard_partitions
 from data_plane.settings import CellSettings
 from data_plane.stream.log import LogStream
-from data_plane.stream.port import Record, partition_for
+from data_plane.stream.port import Record, Stream, partition_for
+from data_plane.stream.redis_streams import RedisStream
 from data_plane.usage.reconcile import reconcile
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -51,13 +53,14 @@ def _records(events: list[Event], per_request: int, partitions: int = 8) -> list
 
 
 class Cell:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, stream: Stream | None = None, pipeline: PipelineSettings | None = None) -> None:
         self.settings = CellSettings(data_dir=str(root), lake_flush_seconds=0.2)
         self.settings.cell_dir.mkdir(parents=True, exist_ok=True)
-        self.stream = LogStream(self.settings.cell_dir / "stream.db")
+        self.stream = stream or LogStream(self.settings.cell_dir / "stream.db")
+        self.pipeline = pipeline
 
     def worker(self, **overrides: object) -> PipelineWorker:
-        worker = create_worker(self.stream, self.settings)
+        worker = create_worker(self.stream, self.settings, self.pipeline)
         worker.reclaim_idle_ms = 200
         for name, value in overrides.items():
             setattr(worker, name, value)
@@ -70,7 +73,7 @@ class Cell:
         return rows
 
 
-async def _drain(worker: PipelineWorker, stream: LogStream) -> None:
+async def _drain(worker: PipelineWorker, stream: Stream) -> None:
     for _ in range(2000):
         handled = await worker.step()
         if not handled and not worker.lake.buffered and await stream.pending(GROUP) == 0:
@@ -87,7 +90,20 @@ def cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cell:
     return Cell(tmp_path)
 
 
-def test_every_event_of_every_entry_lands_once_and_entries_are_acked(cell: Cell) -> None:
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def drivers(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cell:
+    """The embedded stack, or the production stream and dedup (Redis Streams, Redis dedup)."""
+    for name in ("LIVORA_PROFILES_SQLITE_ROOT", "LIVORA_DEDUP_SQLITE_PATH", "LIVORA_WORKER_SHARD"):
+        monkeypatch.delenv(name, raising=False)
+    if request.param == "embedded":
+        return Cell(tmp_path)
+    url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("unique_prefix")
+    pipeline = load_pipeline_settings({}, dedup_driver="redis", redis_url=url, kv_prefix=prefix)
+    return Cell(tmp_path, RedisStream(url, prefix=prefix), pipeline)
+
+
+def test_every_event_of_every_entry_lands_once_and_entries_are_acked(drivers: Cell) -> None:
+    cell = drivers
     events = [_event(i) for i in range(3000)]
     # The second half again in other requests (an SDK retrying): duplicates, dropped.
     retried = [msgspec.structs.replace(e, received_at=NOW + dt.timedelta(seconds=1)) for e in events[1500:]]
@@ -114,7 +130,8 @@ def test_every_event_of_every_entry_lands_once_and_entries_are_acked(cell: Cell)
     assert all(row["session_id"] and '"profile_id"' in row["context"] for row in cell.lake())
 
 
-def test_one_poison_event_is_dead_lettered_alone_and_its_siblings_land(cell: Cell) -> None:
+def test_one_poison_event_is_dead_lettered_alone_and_its_siblings_land(drivers: Cell) -> None:
+    cell = drivers
     good = [_event(i, user="same-user") for i in range(5)]
     poison = _event(99, user="bad\u0000user")  # the profile store refuses a NUL in an id
     entry = [*good[:2], poison, *good[2:]]
