@@ -40,6 +40,19 @@ def cell_stream_settings(cell_settings: CellSettings) -> StreamSettings:
     return stream_settings
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: a SIGTERM when this process ends, however it ends.
+
+    NOTE: uvicorn re-raises the signal that stopped it, which ends this process before any
+    ``finally`` runs; without this the cell's processes would outlive `livora run`.
+    """
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def serve_all_in_one(
     settings: Settings,
     *,
@@ -108,6 +121,7 @@ def serve_all_in_one(
                 "LIVORA_CONTROL_PLANE_URL": f"http://{local}:{settings.port}",
                 "LIVORA_CELL_SECRET": settings.cell_secret,
             },
+            preexec_fn=_die_with_parent,
         )
 
     async def serve() -> None:

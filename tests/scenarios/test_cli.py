@@ -46,11 +46,11 @@ def free_port() -> int:
 class Running:
     """`livora run` in a subprocess, read until its banner is out."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*LIVORA, "run", "--port", str(self.port)],
+            [*LIVORA, "run", "--port", str(self.port), *extra],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -81,7 +81,7 @@ class Running:
         return stderr
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["migrate"], ["create-admin"], ["openapi"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["cell"], ["migrate"], ["create-admin"], ["openapi"]])
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as exited:
         main([*command, "--help"])
@@ -166,3 +166,67 @@ def test_openapi_check_detects_a_stale_file(tmp_path, capsys):
     target.write_text(target.read_text().replace("Livora data-plane cell", "Stale"))
     assert main(["openapi", "--check", "--dir", str(tmp_path)]) == 1
     assert "livora openapi" in capsys.readouterr().err
+
+
+def _burst(cell_url: str, write_key: str, requests: int) -> list[int]:
+    """``requests`` batches of 100 at once, each on its own connection (so both processes get some)."""
+    import asyncio
+    import base64
+
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()}
+
+    async def one(i: int) -> int:
+        async with httpx.AsyncClient(timeout=30) as client:
+            batch = [{"type": "track", "event": "Tick", "userId": f"u{i}-{j}"} for j in range(100)]
+            return (await client.post(f"{cell_url}/v1/batch", json={"batch": batch}, headers=auth)).status_code
+
+    async def run() -> list[int]:
+        return list(await asyncio.gather(*(one(i) for i in range(requests))))
+
+    return asyncio.run(run())
+
+
+def test_run_with_two_ingest_processes_keeps_one_limit_per_tenant(database_url, tmp_path):
+    env = _env(database_url, tmp_path, LIVORA_CELL_SECRET="a-cell-secret-for-this-test", LIVORA_LOG_LEVEL="warning")
+    server = Running(env, "--workers", "2")
+    try:
+        cell_url = re.search(r"built-in cell\): (\S+)/v1/batch", server.banner).group(1)  # type: ignore[union-attr]
+        email, password = re.search(r"email:\s+(\S+)\n\s+password:\s+(\S+)", server.banner).groups()  # type: ignore[union-attr]
+        token = httpx.post(f"{server.url}/api/v1/auth/login", json={"email": email, "password": password}).json()[
+            "token"
+        ]
+        ops = {"Authorization": f"Bearer {token}"}
+        tenant = httpx.post(f"{server.url}/api/v1/tenants", json={"name": "Two processes"}, headers=ops).json()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/api/v1/tenants/{tenant['id']}", headers=ops).json()["status"] != "active":
+            assert time.monotonic() < deadline, "the tenant was never provisioned"
+            time.sleep(0.1)
+        key = httpx.post(
+            f"{server.url}/api/v1/tenants/{tenant['id']}/sources", json={"name": "s", "kind": "server"}, headers=ops
+        ).json()["write_key"]
+        # The cell's processes start beside the control plane and pull the config every second:
+        # wait until they answer and know the key.
+        while True:
+            try:
+                if _burst(cell_url, key, 1) == [202]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the cell never learnt the write key"
+            time.sleep(0.2)
+        time.sleep(5.5)  # the free plan's bucket (1,000 events, 200/s) is full again
+        codes = _burst(cell_url, key, 20)
+    finally:
+        server.stop()
+    # One bucket for both processes: the burst (10 batches) and what refilled meanwhile, never 2 x 10.
+    assert 10 <= codes.count(202) <= 12 and codes.count(202) + codes.count(429) == 20, codes
+
+
+def test_more_ingest_processes_need_a_cell_secret_and_a_cell_its_control_plane(tmp_path):
+    env = _env("sqlite:///" + str(tmp_path / "x.db"), tmp_path)
+    run = livora("run", "--workers", "2", env=env)
+    assert run.returncode == 2 and "LIVORA_CELL_SECRET" in run.stderr
+    cell = livora("cell", env=env)
+    assert cell.returncode == 2 and "LIVORA_CONTROL_PLANE_URL" in cell.stderr
+    cell = livora("cell", env={**env, "LIVORA_CONTROL_PLANE_URL": "http://127.0.0.1:9"})
+    assert cell.returncode == 2 and "LIVORA_CELL_SECRET" in cell.stderr
