@@ -1024,10 +1024,14 @@ class AnalyticsService:
     async def _live(self, tenant: TenantView, limit: int) -> schemas.LiveFeed:
         table = await self._fetch(
             tenant,
-            """SELECT e.message_id, e.name, u.user_key, e.ts, e.received_at, e.properties
+            # The limit-th latest receipt first (a top-N over one integer column): only rows received
+            # then or later are joined and sorted, ties included.
+            """WITH edge AS (SELECT received_at FROM events ORDER BY received_at DESC LIMIT 1 OFFSET ?)
+               SELECT e.message_id, e.name, u.user_key, e.ts, e.received_at, e.properties
                FROM events e JOIN users u USING (uid)
+               WHERE e.received_at >= coalesce((SELECT received_at FROM edge), -9223372036854775808)
                ORDER BY e.received_at DESC, e.message_id DESC LIMIT ?""",
-            [limit],
+            [limit - 1, limit],
         )
         decode = msgspec.json.Decoder(dict[str, Any]).decode
         items = []

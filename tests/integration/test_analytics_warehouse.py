@@ -248,3 +248,27 @@ def test_a_cached_answer_survives_new_data_outside_the_partitions_it_read(cache,
         assert aio(service.trends(tenant(tenant_id="ten_a"), both)).series[0].total == 12
     finally:
         aio(warehouse.close())
+
+
+@pytest.mark.parametrize("limit", [1, 3, 4, 50])
+def test_the_live_feed_is_the_latest_receipts_ties_broken_by_message_id(limit, tmp_path, aio) -> None:
+    store = LocalObjectStore(tmp_path / "lake")
+    # Receipts tie in threes: the limit cuts through a tie, or asks for more than there are.
+    events = [
+        event(
+            f"m{i:02d}",
+            "Product Viewed",
+            f"u{i % 4}",
+            T0 + dt.timedelta(minutes=i),
+            received_at=T0 + dt.timedelta(seconds=i // 3),
+        )
+        for i in range(12)
+    ]
+    aio(write_lake(store, [events[:6], events[6:]]))
+    warehouse = DuckDBWarehouse(store, threads=1)
+    try:
+        feed = aio(AnalyticsService(warehouse).live(tenant(), limit))
+        want = sorted(events, key=lambda e: (e.received_at, e.message_id), reverse=True)[:limit]
+        assert [item.message_id for item in feed.items] == [e.message_id for e in want]
+    finally:
+        aio(warehouse.close())
