@@ -54,6 +54,8 @@ def navigation(
         items.append(("Tenants", f"{PREFIX}/ops/tenants"))
     if allows(principal, PLATFORM, "tenant", "write"):
         items.append(("New tenant", f"{PREFIX}/ops/tenants/new"))
+    if allows(principal, PLATFORM, "cells", "read"):
+        items.append(("Cells", f"{PREFIX}/ops/cells"))
     if tenant_id and allows(principal, tenant_domain(tenant_id), "tenant", "read", tenant_role):
         items.append(("Workspace", f"{PREFIX}/t/{tenant_id}"))
     items.append(("Account", f"{PREFIX}/account"))

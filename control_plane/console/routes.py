@@ -580,6 +580,28 @@ class OpsTenantController(Controller):
         return see_other(request, f"{PREFIX}/t/{tenant.id}")
 
 
+class OpsCellController(Controller):
+    path = f"{PREFIX}/ops/cells"
+
+    @get("/", operation_id="ConsoleCells", opt={"permission": ("cells", "read")})
+    async def cells(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], cursor: FromQuery[str | None] = None
+    ) -> Response[Any]:
+        """Every data-plane cell: pattern, region, health from its heartbeats, tenants placed against capacity."""
+        await services.cell_registry.ensure_builtin(services.runtime.settings.builtin_cell_url)
+        await services.db.commit()
+        listed = await services.cell_registry.list(cursor=cursor, limit=PAGE_SIZE)
+        return await render(
+            request,
+            services,
+            "cells.html",
+            title="Cells",
+            crumbs=[Link("Overview", PREFIX), Link("Cells", self.path, True)],
+            cells=listed.items,
+            next_url=f"{self.path}?{urlencode({'cursor': listed.next_cursor})}" if listed.next_cursor else None,
+        )
+
+
 class TenantPageController(Controller):
     path = f"{PREFIX}/t/{{tenant_id:str}}"
 
@@ -800,6 +822,7 @@ def console_router() -> Router:
             AccountPagesController,
             AccountController,
             OpsTenantController,
+            OpsCellController,
             TenantPageController,
         ],
         guards=[authorize],

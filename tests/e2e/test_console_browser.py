@@ -268,6 +268,7 @@ SIGNED_IN_PAGES = {
     "overview": "/console",
     "tenants": "/console/ops/tenants",
     "wizard": "/console/ops/tenants/new",
+    "cells": "/console/ops/cells",
     "tenant": "/console/t/{a}",
     "tenant-pattern-a": "/console/t/{pa}",
     "account": "/console/account",

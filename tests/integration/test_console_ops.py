@@ -129,3 +129,10 @@ def test_sign_in_sends_sso_domains_to_their_identity_provider(
     password_step = visitor.post("/console/login", email="bo@elsewhere.example")
     assert 'id="password"' in password_step.text
     visitor.http.close()
+
+
+def test_the_cells_page_shows_health_and_load(ops: Console) -> None:
+    page = ops.http.get("/console/ops/cells")
+    assert page.status_code == 200 and "built-in" in page.text
+    assert re.search(r"<meter [^>]*value=\"\d+\"", page.text)
+    assert 'href="/console/ops/cells" aria-current="page"' in page.text

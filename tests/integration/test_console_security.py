@@ -61,6 +61,7 @@ def test_every_page_has_a_strict_csp_and_no_inline_script(server: LiveServer, op
         "/console",
         "/console/ops/tenants",
         "/console/ops/tenants/new",
+        "/console/ops/cells",
         f"/console/t/{world.a.id}",
         "/console/account",
         "/console/t/ten_missing",
@@ -171,6 +172,8 @@ def _expected(page: str, who: str) -> int:
         return 200 if platform else 403
     if page == "new":
         return 200 if who == "ops_admin" else 403
+    if page == "cells":
+        return 200 if who in ("ops_admin", "ops_viewer") else 403
     if page in ("tenant", "foreign"):
         if page == "foreign":
             return 200 if platform else 404
@@ -191,6 +194,7 @@ def test_role_by_page_matrix(server: LiveServer, world: World) -> None:
         "account": ("GET", "/console/account"),
         "tenants": ("GET", "/console/ops/tenants"),
         "new": ("GET", "/console/ops/tenants/new"),
+        "cells": ("GET", "/console/ops/cells"),
         "tenant": ("GET", f"/console/t/{world.a.id}"),
         "foreign": ("GET", f"/console/t/{world.b.id}"),
         "suspend": ("POST", f"/console/t/{world.a.id}/suspend"),
