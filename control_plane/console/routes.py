@@ -668,7 +668,7 @@ class TenantPageController(Controller):
         return await render(
             request,
             services,
-            "_run.html",
+            "_run_body.html",
             title="Provisioning",
             run=run,
             tenant_id=tenant_id,

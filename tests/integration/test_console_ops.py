@@ -59,7 +59,7 @@ def test_provisioning_progress_is_polled_until_the_run_ends(ops: Console) -> Non
     deadline = time.monotonic() + 30
     while True:
         fragment = ops.http.get(f"/console/t/{tenant_id}/runs/{run_id}", params={"poll": "1"})
-        assert fragment.status_code == 200 and fragment.text.lstrip().startswith('<section id="run-progress"')
+        assert fragment.status_code == 200 and fragment.text.lstrip().startswith('<div id="run-body"')
         if "hx-trigger" not in fragment.text:
             break
         assert "HX-Refresh" not in fragment.headers
