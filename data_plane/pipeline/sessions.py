@@ -91,15 +91,21 @@ class Sessionizer:
     def assign(self, tenant_id: str, profile_id: str, event: Event) -> str:
         """The event's session id; updates the profile's sessions."""
         t = (event.timestamp - _EPOCH) // _MICROSECOND
-        sessions = self._state.setdefault((tenant_id, profile_id), [])
-        self._changed.add((tenant_id, profile_id))
+        key = (tenant_id, profile_id)
+        sessions = self._state.get(key)
+        if sessions is None:
+            sessions = self._state[key] = []
+        self._changed.add(key)
         sdk_id = sdk_session_id(event)
+        chosen: Session | None = None
         if sdk_id is not None:
             chosen = next((s for s in sessions if s.id == sdk_id), None)
         else:
-            # Most recently started wins; among equal starts, the one created last.
-            fitting = [(s.start, i) for i, s in enumerate(sessions) if self._fits(s, t)]
-            chosen = sessions[max(fitting)[1]] if fitting else None
+            # Most recently started wins; among equal starts, the one created last (hence >=).
+            fits = self._fits
+            for session in sessions:
+                if fits(session, t) and (chosen is None or session.start >= chosen.start):
+                    chosen = session
         if chosen is None:
             chosen = Session(
                 sdk_id or session_id_for(tenant_id, profile_id, event.message_id), t, t, sdk_id is not None
