@@ -15,7 +15,6 @@ from zoneinfo import ZoneInfo
 import msgspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import structlog
 
 from data_plane.analytics import calendar, engine, schemas
@@ -105,12 +104,9 @@ def _column(table: pa.Table, name: str, dtype: Any) -> np.ndarray:
 
 
 def _in_order(table: pa.Table) -> bool:
-    """Every row settled, and (uid, ts) never going down: then the scan order is the stored order."""
+    """(uid, ts) never going down: then the scan came in the stored order."""
     if table.num_rows == 0:
         return True
-    settled = table.column("settled")
-    if settled.null_count or not pc.all(settled).as_py():
-        return False
     uid = _column(table, "uid", np.int64)
     ts = _column(table, "ts", np.int64)
     step = np.diff(uid)
@@ -279,10 +275,13 @@ class AnalyticsService:
         The warehouse stores settled rows in that order, so a plain scan usually is sorted already and
         costs no sort; rows not settled yet (or a scan that came back otherwise) fall back to ORDER BY.
         """
-        select = f"SELECT settled, uid, ts, {columns} FROM events WHERE {where}"
-        table = await self._fetch(tenant, select, params)
-        if _in_order(table):
-            return table
+        select = f"SELECT uid, ts, {columns} FROM events WHERE {where}"
+        # Unsettled rows sit at the table's end since its last re-layout: their count costs next to nothing.
+        unsettled = await self._fetch(tenant, "SELECT count(*) AS n FROM events WHERE NOT settled", [])
+        if unsettled.column("n")[0].as_py() == 0:
+            table = await self._fetch(tenant, select, params)
+            if _in_order(table):
+                return table
         return await self._fetch(tenant, select + " ORDER BY uid, ts, message_id", params)
 
     # --- funnels ---------------------------------------------------------------------------
@@ -313,14 +312,24 @@ class AnalyticsService:
         window_us = query.conversion_window_seconds * 1_000_000
         columns: list[str] = []
         params: list[Any] = []
-        for k, step in enumerate(query.steps):
-            sql, more = all_of(step.filters, name=step.event)
-            columns.append(f"{sql} AS s{k}")
-            params += more
-        for i, item in enumerate(query.exclusions):
-            sql, more = all_of(item.filters, name=item.event)
-            columns.append(f"{sql} AS x{i}")
-            params += more
+        wanted = [step.event for step in query.steps] + [item.event for item in query.exclusions]
+        plain = not any(step.filters for step in query.steps) and not any(item.filters for item in query.exclusions)
+        distinct = sorted(set(wanted))
+        if plain:
+            # Steps by name only: one small code per row (its name's place in `distinct`, -1 for another
+            # name) instead of a boolean column per step.
+            branches = " ".join(f"WHEN ? THEN {i}" for i in range(len(distinct)))
+            columns.append(f"(CASE name {branches} ELSE -1 END)::TINYINT AS code")
+            params += distinct
+        else:
+            for k, step in enumerate(query.steps):
+                sql, more = all_of(step.filters, name=step.event)
+                columns.append(f"{sql} AS s{k}")
+                params += more
+            for i, item in enumerate(query.exclusions):
+                sql, more = all_of(item.filters, name=item.event)
+                columns.append(f"{sql} AS x{i}")
+                params += more
         if query.breakdown:
             sql, more = breakdown_sql(query.breakdown)
             columns.append(f"{sql} AS b")
@@ -330,9 +339,8 @@ class AnalyticsService:
         flag_params: list[Any] = []
         if query.order != "strict":
             # Only rows some step or exclusion matches (strict funnels need every row: "the next event").
-            names = [step.event for step in query.steps] + [item.event for item in query.exclusions]
-            flags.append(f"AND name IN ({', '.join('?' for _ in names)})")
-            flag_params += names
+            flags.append(f"AND name IN ({', '.join('?' for _ in wanted)})")
+            flag_params += wanted
         table = await self._ordered(
             tenant,
             ", ".join(columns),
@@ -341,10 +349,17 @@ class AnalyticsService:
         )
         uid = _column(table, "uid", np.int64)
         ts = _column(table, "ts", np.int64)
-        matches = [_column(table, f"s{k}", bool) for k in range(len(query.steps))]
+        if plain:
+            code = _column(table, "code", np.int8)
+            by_name = {name: code == i for i, name in enumerate(distinct)}
+            matches = [by_name[step.event] for step in query.steps]
+            masks = [by_name[item.event] for item in query.exclusions]
+        else:
+            matches = [_column(table, f"s{k}", bool) for k in range(len(query.steps))]
+            masks = [_column(table, f"x{i}", bool) for i in range(len(query.exclusions))]
         exclusions = [
-            (_column(table, f"x{i}", bool), item.after_step - 1, (item.before_step or len(query.steps)) - 1)
-            for i, item in enumerate(query.exclusions)
+            (mask, item.after_step - 1, (item.before_step or len(query.steps)) - 1)
+            for mask, item in zip(masks, query.exclusions, strict=True)
         ]
         paths = engine.funnel_paths(uid, ts, matches, exclusions, window_us, span.low, span.high, query.order)
         names = [step.event for step in query.steps]
