@@ -31,7 +31,7 @@ from data_plane.pipeline.settings import (
 from data_plane.profiles.port import ProfileStore, create_profile_store, load_profiles_settings
 from data_plane.settings import CellSettings
 from data_plane.stream.port import Entry, Stream
-from data_plane.usage.ledger import Outcome, UsageLedger, open_ledger
+from data_plane.usage.ledger import Outcome, OutcomeKind, UsageLedger, open_ledger
 from kernel.errors import Unavailable
 
 log = structlog.get_logger("livora.pipeline")
@@ -115,6 +115,9 @@ class _InFlight:
     size: int = 0
     waiting: set[str] = field(default_factory=set)
     poison: list[_Poison] = field(default_factory=list)
+    # Delivery id -> (tenant, received_at, outcome) of the events settled so far (a dict: noting
+    # the same delivery again, as a retried flush does, changes nothing).
+    done: dict[str, tuple[str, dt.datetime, OutcomeKind]] = field(default_factory=dict)
     # The payload could not even be split into events: it is dead-lettered as it is.
     unreadable: bool = False
 
@@ -337,11 +340,9 @@ class PipelineWorker:
                 Sighting(event.tenant_id, event.message_id, event.received_at, delivery) for delivery, event in items
             )
             duplicates = [(d, event) for (d, event), new in zip(items, keep, strict=True) if not new]
-            if duplicates:
-                await self._count(
-                    [Outcome(d, event.tenant_id, event.received_at, "duplicate") for d, event in duplicates]
-                )
-                self.stats.duplicates += len(duplicates)
+            for d, event in duplicates:
+                self._inflight[entry_of(d)].done[d] = (event.tenant_id, event.received_at, "duplicate")
+            self.stats.duplicates += len(duplicates)
             fresh = [item for item, new in zip(items, keep, strict=True) if new]
             for delivery, _ in fresh:
                 self._inflight[entry_of(delivery)].waiting.add(delivery)
@@ -418,8 +419,18 @@ class PipelineWorker:
     # --- settling entries --------------------------------------------------------------------
 
     async def _settle(self, tracks: list[_InFlight]) -> None:
-        """Ack the entries whose events are all durable or duplicates; dead-letter the poison of the
-        others (counted first, once per delivery, so a crash in between counts it once)."""
+        """Count the entries' outcomes, then ack those whose events are all durable or duplicates
+        and dead-letter the poison of the others. Counted first, once per entry id with all its
+        events' outcomes, so a crash before the ack counts nothing twice when it comes back."""
+        if not tracks:
+            return
+        outcomes: list[Outcome] = []
+        for track in tracks:
+            for p in track.poison:
+                track.done[p.delivery] = (p.tenant_id, p.received_at, "dead_lettered")
+            tally = Counter(track.done.values())
+            outcomes += [Outcome(track.entry.id, t, at, kind, n) for (t, at, kind), n in tally.items()]
+        await self._count(outcomes)
         clean = [track.entry.id for track in tracks if not track.poison]
         if clean:
             await self.stream.ack(self.group, clean)
@@ -431,7 +442,6 @@ class PipelineWorker:
 
     async def _dead_letter(self, track: _InFlight) -> None:
         poison = track.poison
-        await self._count([Outcome(p.delivery, p.tenant_id, p.received_at, "dead_lettered") for p in poison])
         for p in poison:
             if p.message_id is not None:
                 await self.dedup.release(p.tenant_id, p.message_id, p.delivery)
@@ -470,7 +480,7 @@ class PipelineWorker:
                 _Poison(b"", reason, e.tenant_id, e.received_at, delivery_id(entry.id, i), e.message_id)
                 for i, e in enumerate(events)
             ]
-        await self._dead_letter(track)
+        await self._settle([track])
 
     # --- flushing ----------------------------------------------------------------------------
 
@@ -488,16 +498,12 @@ class PipelineWorker:
             self.sessions.restore_changes(changes)
             raise
         self.sessions.shrink(self.max_session_profiles)
-        await self._count(
-            [
-                Outcome(delivery, *self._buffered[delivery], "written")
-                for delivery in self._durable
-                if delivery in self._buffered
-            ]
-        )
         for delivery in self._durable:
             track = self._inflight.get(entry_of(delivery))
+            written = self._buffered.get(delivery)
             if track is not None:
+                if written is not None:
+                    track.done[delivery] = (*written, "written")
                 track.waiting.discard(delivery)
         # Every entry with nothing left waiting, also those a failed earlier settle left behind.
         await self._settle([track for track in self._inflight.values() if not track.waiting])

@@ -98,12 +98,14 @@ def user_key(tenant_id: str, user_or_anonymous_id: str) -> str:
 
 
 class Outcome(NamedTuple):
-    """What became of one stream entry: written to the lake, dropped as a duplicate, or dead-lettered."""
+    """What became of ``count`` events of one stream entry: written to the lake, dropped as
+    duplicates, or dead-lettered. An entry's outcomes are counted together, once per entry id."""
 
     entry_id: str
     tenant_id: str
     received_at: dt.datetime
     kind: OutcomeKind
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -351,22 +353,30 @@ class UsageLedger:
     # --- pipeline --------------------------------------------------------------------------
 
     async def outcomes(self, outcomes: Sequence[Outcome], now: dt.datetime | None = None) -> int:
-        """Count each entry's outcome once (by entry id); returns how many were new."""
+        """Count each entry's outcomes once (by entry id: all the outcomes of one entry id in one
+        call count together, or not at all when that id was counted before); returns how many
+        events were new."""
         if not outcomes:
             return 0
         stamp = int((now or dt.datetime.now(dt.UTC)).timestamp())
+        # An identical outcome given twice is one outcome (the same delivery reported again).
+        by_entry: dict[str, dict[Outcome, None]] = {}
+        for outcome in outcomes:
+            by_entry.setdefault(outcome.entry_id, {})[outcome] = None
 
         def apply(conn: sqlite3.Connection) -> int:
             column = {"written": "written", "duplicate": "duplicates", "dead_lettered": "dead_lettered"}
             totals: dict[tuple[str, int, str], int] = {}
             with transaction(conn):
-                for outcome in outcomes:
+                for entry_id, of_entry in by_entry.items():
                     cursor = conn.execute(
-                        "INSERT OR IGNORE INTO usage_counted (entry_id, at) VALUES (?, ?)", (outcome.entry_id, stamp)
+                        "INSERT OR IGNORE INTO usage_counted (entry_id, at) VALUES (?, ?)", (entry_id, stamp)
                     )
-                    if cursor.rowcount:
+                    if not cursor.rowcount:
+                        continue
+                    for outcome in of_entry:
                         key = (outcome.tenant_id, _epoch(outcome.received_at), column[outcome.kind])
-                        totals[key] = totals.get(key, 0) + 1
+                        totals[key] = totals.get(key, 0) + outcome.count
                 for (tenant, hour, name), count in totals.items():
                     conn.execute(
                         f"INSERT INTO usage_hours (tenant_id, hour, {name}) VALUES (?, ?, ?) "  # fixed column names
