@@ -196,6 +196,21 @@ def period_first_day(number: int, interval: Interval) -> dt.date:
     return dt.date.fromordinal(min(max(ordinal, 1), dt.date.max.toordinal()))
 
 
+def _runs(starts: np.ndarray, end: int) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive equal-length buckets: (first index, first start, length, end of the run)."""
+    bounds = [int(value) for value in starts] + [int(end)]
+    lengths = [b - a for a, b in itertools.pairwise(bounds)]
+    runs = []
+    i = 0
+    while i < len(lengths):
+        j = i
+        while j + 1 < len(lengths) and lengths[j + 1] == lengths[i]:
+            j += 1
+        runs.append((i, bounds[i], lengths[i], bounds[j + 1]))
+        i = j + 1
+    return runs
+
+
 def bucket_sql(starts: np.ndarray, end: int, column: str) -> str:
     """SQL giving the index of the bucket holding the instant ``column`` (µs), where bucket ``i`` is
     ``[starts[i], starts[i + 1])`` and the last one ends at ``end``; NULL outside ``[starts[0], end)``.
@@ -203,18 +218,23 @@ def bucket_sql(starts: np.ndarray, end: int, column: str) -> str:
     The same lookup as ``locate``, done by the engine: runs of buckets of one length (days between
     two DST changes, hours, weeks) become one arithmetic branch, so a range costs a few branches
     however many buckets it has. Literals are integers computed here, never caller text."""
-    bounds = [int(value) for value in starts] + [int(end)]
-    if len(bounds) < 2:
+    runs = _runs(starts, end)
+    if not runs:
         return "NULL::BIGINT"
-    lengths = [b - a for a, b in itertools.pairwise(bounds)]
-    branches = [f"CASE WHEN {column} < {bounds[0]} THEN NULL"]
-    i = 0
-    while i < len(lengths):
-        j = i
-        while j + 1 < len(lengths) and lengths[j + 1] == lengths[i]:
-            j += 1
-        branches.append(f"WHEN {column} < {bounds[j + 1]} THEN {i} + ({column} - {bounds[i]}) // {lengths[i]}")
-        i = j + 1
+    branches = [f"CASE WHEN {column} < {runs[0][1]} THEN NULL"]
+    for index, first, length, stop in runs:
+        branches.append(f"WHEN {column} < {stop} THEN {index} + ({column} - {first}) // {length}")
+    return " ".join([*branches, "END"])
+
+
+def bucket_start_sql(starts: np.ndarray, end: int, column: str) -> str:
+    """SQL giving the first instant of the bucket holding ``column`` (as ``bucket_sql``; NULL outside)."""
+    runs = _runs(starts, end)
+    if not runs:
+        return "NULL::BIGINT"
+    branches = [f"CASE WHEN {column} < {runs[0][1]} THEN NULL"]
+    for _, first, length, stop in runs:
+        branches.append(f"WHEN {column} < {stop} THEN {column} - ({column} - {first}) % {length}")
     return " ".join([*branches, "END"])
 
 

@@ -419,10 +419,11 @@ class AnalyticsService:
         of = functools.partial(calendar.bucket_sql, bounds[:-1], int(bounds[-1]))
         beyond = span_periods + periods
         if query.mode == "on":
+            start = calendar.bucket_start_sql(bounds[:-1], int(bounds[-1]), "ts")
             returns = f"""SELECT c, p - c AS k, count(*) AS n FROM (
-                    SELECT {of("first_ts")} AS c, {of("ts")} AS p, {of("prev_ts")} AS pp FROM events
-                    WHERE first_ts >= ? AND first_ts < ? AND ts < ?)
-                WHERE pp IS DISTINCT FROM p AND p > c AND p - c <= ? GROUP BY ALL"""
+                    SELECT {of("first_ts")} AS c, {of("ts")} AS p FROM events
+                    WHERE first_ts >= ? AND first_ts < ? AND ts < ? AND (prev_ts IS NULL OR prev_ts < {start}))
+                WHERE p > c AND p - c <= ? GROUP BY ALL"""
             params: list[Any] = [span.low, span.high, int(bounds[-1]), periods]
         else:
             # A user's furthest return is their last event's period (capped: later counts as `periods`).
@@ -669,12 +670,12 @@ class AnalyticsService:
             )
         else:
             prev = "prev_same_ts" if query.event is not None else "prev_ts"
+            start = calendar.bucket_start_sql(grid.starts, grid.end, "ts")
             table = await self._fetch(
                 tenant,
-                f"""SELECT b, count(*) AS n, count(*) FILTER (WHERE {prev} IS NULL OR {prev} < ?) AS t FROM (
-                        SELECT {of("ts")} AS b, {of(prev)} AS pb, {prev} FROM events
-                        WHERE ts >= ? AND ts < ? {named})
-                    WHERE pb IS DISTINCT FROM b GROUP BY b""",
+                f"""SELECT {of("ts")} AS b, count(*) AS n, count(*) FILTER (WHERE {prev} IS NULL OR {prev} < ?) AS t
+                    FROM events WHERE ts >= ? AND ts < ? {named} AND ({prev} IS NULL OR {prev} < {start})
+                    GROUP BY b""",
                 [span.low, span.low, span.high, *params],
             )
         per = np.zeros(len(grid.labels), dtype=np.int64)
