@@ -360,9 +360,13 @@ class PipelineWorker:
     async def _process(self, batch: list[tuple[str, Event]]) -> None:
         by_tenant: dict[str, list[tuple[str, Event]]] = {}
         enrich = self.enricher.enrich
+        policies: dict[str, EnrichmentPolicy] = {}  # looked up once per tenant and batch
         for delivery, event in batch:
+            policy = policies.get(event.tenant_id)
+            if policy is None:
+                policy = policies[event.tenant_id] = self.policy_for(event.tenant_id)
             try:
-                enriched = enrich(event, self.policy_for(event.tenant_id))
+                enriched = enrich(event, policy)
             except Exception as exc:  # a poison event must not stop the pipeline
                 self._poison(delivery, event, f"enrichment_failed: {type(exc).__name__}: {exc}")
                 continue
