@@ -5,13 +5,20 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+import tests.integration.test_provisioning as provisioning_tests
+from control_plane.app import create_app
 from control_plane.http import SESSION_COOKIE
+from control_plane.runtime import Runtime
+from control_plane.settings import Settings
 from control_plane.sso.schemas import SsoConnectionCreate
+from tests.support.provisioning import embedded_spaces
 from tests.support.server import LiveServer
 from tests.support.world import World
 
@@ -136,3 +143,57 @@ def test_the_cells_page_shows_health_and_load(ops: Console) -> None:
     assert page.status_code == 200 and "built-in" in page.text
     assert re.search(r"<meter [^>]*value=\"\d+\"", page.text)
     assert 'href="/console/ops/cells" aria-current="page"' in page.text
+
+
+@pytest.fixture
+def flaky_site(settings: Settings, tmp_path: Path) -> Iterator[tuple[LiveServer, Any]]:
+    """A control plane whose cell can be switched to fail creating spaces (as an unreachable cell does)."""
+    settings = msgspec.structs.replace(settings, provisioning_max_attempts=2, provisioning_backoff_seconds=0.05)
+    runtime = Runtime.build(settings)
+    spaces = provisioning_tests.FlakySpaces(embedded_spaces(tmp_path / "flaky-cell"))
+    runtime.provisioner.attach_builtin_cell(spaces)
+    live = LiveServer(create_app(settings, runtime)).start()
+    yield live, spaces
+    live.stop()
+
+
+def _wait_for(console: Console, path: str, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (page := console.http.get(path).text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.1)
+    return page
+
+
+def test_a_failed_run_is_retried_or_rolled_back_from_the_tenant_page(
+    flaky_site: tuple[LiveServer, Any], world: World
+) -> None:
+    live, spaces = flaky_site
+    spaces.broken = True
+    ops = Console(live, world.platform["ops_admin"].token)
+    retried = ops.post("/console/ops/tenants", name="Flaky Retry").headers["location"]
+    page = _wait_for(ops, retried, 'class="page-head"')
+    page = _wait_for(ops, retried, "Retry from the failed step")
+    assert "create_space: the cell at http://cell.invalid is unreachable" in page and "status-failed" in page
+    run_id = re.search(r"/runs/(run_[a-z0-9]+)/retry", page).group(1)  # type: ignore[union-attr]
+    # Read-only staff see the failure but not the buttons.
+    viewer = Console(live, world.platform["ops_viewer"].token)
+    assert "Retry from the failed step" not in viewer.http.get(retried).text
+    spaces.broken = False
+    answer = ops.post(f"{retried}/runs/{run_id}/retry")
+    assert answer.status_code == 303 and answer.headers["location"] == retried
+    _wait_for(ops, retried, '<span class="badge status-active">active</span></div>')
+
+    spaces.broken = True
+    rolled = ops.post("/console/ops/tenants", name="Flaky Rollback").headers["location"]
+    page = _wait_for(ops, rolled, "Roll back")
+    run_id = re.search(r"/runs/(run_[a-z0-9]+)/rollback", page).group(1)  # type: ignore[union-attr]
+    assert ops.post(f"{rolled}/runs/{run_id}/rollback").status_code == 303
+    page = _wait_for(ops, rolled, "Provisioning: rollback")
+    page = _wait_for(ops, rolled, "Provision this tenant")
+    assert "status-pending" in page and "rolled_back" in page
+    # Retrying a run that is not failed says why, on the page.
+    again = ops.post(f"{rolled}/runs/{run_id}/retry")
+    assert again.status_code == 409 and "alert error" in again.text
+    viewer.http.close()
+    ops.http.close()
