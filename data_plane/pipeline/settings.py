@@ -35,7 +35,8 @@ class PipelineSettings(msgspec.Struct, kw_only=True, frozen=True):
     session_idle_seconds: Seconds = 30 * 60
     session_max_seconds: Seconds = 24 * 3600
     # Entries a worker took and left unacked this long (it died) are taken over by another worker.
-    reclaim_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    # A live worker settles what it holds within half of this (it flushes the lake sooner if need be).
+    reclaim_idle_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
     # This worker's share of the stream's partitions, "i/n" (partition p where p % n == i), so that
     # n workers split the stream and each user stays with one worker; empty: every partition.
     worker_shard: Annotated[str, msgspec.Meta(pattern=r"^(\d+/\d+)?$")] = ""

@@ -41,7 +41,7 @@ GROUP = "pipeline"
 DEFAULT_BATCH_EVENTS = 4_000
 # Pending entries of partitions outside a worker's shard are taken over after this many idle
 # periods only: their own worker, restarted, gets the first chance (one user stays in one worker).
-FOREIGN_RECLAIM_FACTOR = 4
+FOREIGN_RECLAIM_FACTOR = 2
 
 # Splits an entry into its events without validating them, to find the one that does not decode.
 _raw_entry = msgspec.json.Decoder(list[msgspec.Raw] | msgspec.Raw)
@@ -163,7 +163,7 @@ class PipelineWorker:
         batch_events: int = DEFAULT_BATCH_EVENTS,
         partitions: Collection[int] | None = None,
         block_ms: int = 200,
-        reclaim_idle_ms: int = 30_000,
+        reclaim_idle_ms: int = 10_000,
         max_deliveries: int = 5,
         policy_for: Callable[[str], EnrichmentPolicy] = lambda tenant_id: DEFAULT_POLICY,
         ledger: UsageLedger | None = None,
