@@ -365,6 +365,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="keep the lake here (reused when present)")
     parser.add_argument("--no-chdb", action="store_true", help="skip the ClickHouse comparison")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("--json-file", type=Path, default=None, help="also write that JSON object to this file")
     args = parser.parse_args()
     quiet = args.json
     root = args.dir or Path(tempfile.mkdtemp(prefix="livora-bench-analytics-"))
@@ -417,6 +418,8 @@ def main() -> None:
         "peak_mb_target_100m": MEMORY_TARGET_MB,
         "queries": rows,
     }
+    if args.json_file:
+        args.json_file.write_text(json.dumps(report) + "\n")
     if args.json:
         print(json.dumps(report))
         return
