@@ -32,6 +32,8 @@ SINGLE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 # computation downstream stays far from the ends of the datetime range.
 TIMESTAMP_PAST = dt.timedelta(days=3653)  # 10 years
 TIMESTAMP_FUTURE = dt.timedelta(days=1)
+# Users whose partition and ledger key one ingest process remembers (~200 bytes each).
+_KNOWN_USERS_MAX = 100_000
 _message_decoder = msgspec.json.Decoder(schemas.Message)
 _batch_decoder = msgspec.json.Decoder(schemas.Batch)
 _raw_batch_decoder = msgspec.json.Decoder(schemas.RawBatch)
@@ -65,7 +67,7 @@ def _utc(value: str) -> dt.datetime:
 def _id(value: str | int | None) -> str | None:
     if value is None:
         return None
-    text = str(value).strip()
+    text = (value if type(value) is str else str(value)).strip()
     return text or None
 
 
@@ -126,6 +128,9 @@ class Ingestor:
             ledger is not None and isinstance(stream, LogStream) and ledger.path.resolve() == stream.path.resolve()
         )
         self._ledger_ready = False
+        # (partition, ledger key) of recent users: two hashes each, and most requests come from
+        # users seen moments before.
+        self._users: dict[str, tuple[int, str]] = {}
 
     def authenticate(self, write_key: str | None, origin: str | None, now: dt.datetime) -> Resolved:
         if not write_key:
@@ -286,13 +291,21 @@ class Ingestor:
         """One record per partition the request's events fall in, in request order within it, and
         the ledger's keys of the users behind them."""
         partitions = self.stream.partitions
-        by_user: dict[str, int] = {}
+        known = self._users
+        if len(known) > _KNOWN_USERS_MAX:
+            known.clear()
+        by_user: dict[str, tuple[int, str]] = {}
         groups: dict[int, list[Event]] = {}
         for event in events:
             user = event.partition_key
-            partition = by_user.get(user)
-            if partition is None:
-                partition = by_user[user] = partition_for(f"{tenant_id}/{user}", partitions)
+            found = by_user.get(user)
+            if found is None:
+                key = f"{tenant_id}/{user}"
+                found = known.get(key)
+                if found is None:
+                    found = known[key] = (partition_for(key, partitions), user_key(tenant_id, user))
+                by_user[user] = found
+            partition = found[0]
             group = groups.get(partition)
             if group is None:
                 groups[partition] = [event]
@@ -301,7 +314,7 @@ class Ingestor:
         records: list[Record] = []
         for group in groups.values():
             _group_records(tenant_id, group, records)
-        return records, {user_key(tenant_id, user) for user in by_user}
+        return records, {found[1] for found in by_user.values()}
 
 
 def _group_records(tenant_id: str, group: list[Event], into: list[Record]) -> None:
@@ -413,14 +426,19 @@ def _event(message: schemas.Message, stamp: _Stamp) -> Event:
         raise ValueError(f"type must be one of {', '.join(SINGLE_TYPES)}")
     user_id, anonymous_id = _id(message.user_id), _id(message.anonymous_id)
     previous_id, group_id = _id(message.previous_id), _id(message.group_id)
-    for label, value in (
-        ("userId", user_id),
-        ("anonymousId", anonymous_id),
-        ("previousId", previous_id),
-        ("groupId", group_id),
+    if (
+        len(user_id or "") > MAX_ID_LENGTH
+        or len(anonymous_id or "") > MAX_ID_LENGTH
+        or (previous_id is not None or group_id is not None)
     ):
-        if value is not None and len(value) > MAX_ID_LENGTH:
-            raise ValueError(f"{label} is longer than {MAX_ID_LENGTH} characters")
+        for label, value in (
+            ("userId", user_id),
+            ("anonymousId", anonymous_id),
+            ("previousId", previous_id),
+            ("groupId", group_id),
+        ):
+            if value is not None and len(value) > MAX_ID_LENGTH:
+                raise ValueError(f"{label} is longer than {MAX_ID_LENGTH} characters")
     if type_ == "alias":
         if not (user_id and previous_id):
             raise ValueError("alias needs userId and previousId")
@@ -431,7 +449,12 @@ def _event(message: schemas.Message, stamp: _Stamp) -> Event:
     if type_ == "group" and not group_id:
         raise ValueError("group needs a groupId")
     timestamp, original, sent_at = _timestamp(message, stamp)
-    context = {**stamp.context, **message.context} if message.context else dict(stamp.context)
+    # The message's own dicts were just decoded for this event alone: they are ours to keep.
+    own, shared = message.context, stamp.context
+    if own:
+        context = {**shared, **own} if shared else own
+    else:
+        context = dict(shared)
     if stamp.client_ip and "ip" not in context:
         context["ip"] = stamp.client_ip
     name = message.name
