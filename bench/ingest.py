@@ -599,7 +599,9 @@ def main() -> None:
     parser.add_argument("--no-end-to-end", action="store_true", help="acks and latency only (no pipeline)")
     parser.add_argument("--redis-url", default=os.environ.get("LIVORA_REDIS_URL", "redis://127.0.0.1:6379/15"))
     args = parser.parse_args()
-    results: dict = {"cores": os.cpu_count(), "sender": args.sender, "targets": TARGETS, "drivers": []}
+    # The soak and the fixed-rate runs always use the asyncio sender (wrk cannot pace requests).
+    sender = "python" if args.soak else args.sender
+    results: dict = {"cores": os.cpu_count(), "sender": sender, "targets": TARGETS, "drivers": []}
     drivers = args.drivers.split(",")
     if args.soak:
         results["soak"] = [soak(driver, args) for driver in drivers]
