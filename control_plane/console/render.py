@@ -42,6 +42,15 @@ def _when(value: Any) -> str:
 templates.filters["when"] = _when
 
 
+WORKSPACE_ADMIN_PAGES = (
+    ("Members", "members", "invites", "read"),
+    ("API keys", "api-keys", "api_keys", "read"),
+    ("Sources", "sources", "sources", "write"),
+    ("Single sign-on", "sso", "sso", "read"),
+    ("Audit log", "audit", "audit", "read"),
+)
+
+
 def navigation(
     services: Services, principal: Principal | None, path: str, tenant_id: str | None, tenant_role: str | None
 ) -> list[Link]:
@@ -58,6 +67,10 @@ def navigation(
         items.append(("Cells", f"{PREFIX}/ops/cells"))
     if tenant_id and allows(principal, tenant_domain(tenant_id), "tenant", "read", tenant_role):
         items.append(("Workspace", f"{PREFIX}/t/{tenant_id}"))
+        # The workspace admin pages, each shown by the same permission its route requires (console/admin.py).
+        for label, page, obj, act in WORKSPACE_ADMIN_PAGES:
+            if allows(principal, tenant_domain(tenant_id), obj, act, tenant_role):
+                items.append((label, f"{PREFIX}/t/{tenant_id}/{page}"))
     items.append(("Account", f"{PREFIX}/account"))
     # The deepest matching entry is the current one (New tenant, not Tenants, on the wizard).
     matches = [href for _, href in items if path == href or (href != PREFIX and path.startswith(href + "/"))]

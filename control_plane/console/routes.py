@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -13,6 +14,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect
 
+from billing.render import money
 from control_plane.console.render import PREFIX, Link, render, templates
 from control_plane.console.security import (
     SECURITY_HEADERS,
@@ -150,21 +152,34 @@ class ShellController(Controller):
 
     @get("/", operation_id="ConsoleHome", opt={"authenticated": True})
     async def home(self, request: Request[Any, Any, Any], services: NamedDependency[Services]) -> Response[Any]:
-        """Start page: ops see the platform; a member of one workspace goes straight to it."""
+        """Start page: staff see the platform at a glance (first tenants, revenue, cells); a member of one
+        workspace goes straight to it."""
         principal: Principal = request.scope["user"]
         me = await services.identity.me(principal)
         platform = services.runtime.authorizer.allows(principal, PLATFORM, "tenant", "read")
         if not platform and len(me.memberships) == 1:
             return Redirect(f"{PREFIX}/t/{me.memberships[0].tenant_id}", status_code=303)
+        allows = services.runtime.authorizer.allows
         recent = await services.tenants.list(limit=5) if platform else None
+        revenue = None
+        if allows(principal, PLATFORM, "billing", "read"):
+            revenue = await services.billing.revenue(dt.datetime.now(dt.UTC))
+        cells = None
+        if allows(principal, PLATFORM, "cells", "read"):
+            await services.cell_registry.ensure_builtin(services.runtime.settings.builtin_cell_url)
+            await services.db.commit()
+            cells = (await services.cell_registry.list(limit=PAGE_SIZE)).items
         return await render(
             request,
             services,
             "home.html",
             title="Overview",
             platform=platform,
-            may_create=services.runtime.authorizer.allows(principal, PLATFORM, "tenant", "write"),
+            may_create=allows(principal, PLATFORM, "tenant", "write"),
             recent=recent.items if recent else [],
+            revenue=revenue,
+            cells=cells,
+            money=money,
         )
 
     @get("/switch", operation_id="ConsoleSwitchTenant", opt={"authenticated": True})
@@ -812,6 +827,9 @@ class TenantPageController(Controller):
 
 def console_router() -> Router:
     """The console, behind the same guard (casbin policy, tenant 404s) as the API, plus CSRF on every form."""
+    # Imported here: the workspace admin pages build on this module's helpers.
+    from control_plane.console.admin import WorkspaceAdminController
+
     return Router(
         path="/",
         route_handlers=[
@@ -824,6 +842,7 @@ def console_router() -> Router:
             OpsTenantController,
             OpsCellController,
             TenantPageController,
+            WorkspaceAdminController,
         ],
         guards=[authorize],
         before_request=check_csrf,

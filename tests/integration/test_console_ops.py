@@ -197,3 +197,23 @@ def test_a_failed_run_is_retried_or_rolled_back_from_the_tenant_page(
     assert again.status_code == 409 and "alert error" in again.text
     viewer.http.close()
     ops.http.close()
+
+
+def test_the_overview_shows_revenue_and_cells_at_a_glance_to_who_may_read_them(
+    server: LiveServer, world: World
+) -> None:
+    seen = {}
+    for role in ("ops_admin", "ops_viewer", "finance"):
+        console = Console(server, world.platform[role].token)
+        page = console.http.get("/console").text
+        seen[role] = ("Revenue," in page, 'id="cells-heading"' in page, 'id="recent-heading">Tenants' in page)
+        if "Revenue," in page:
+            assert "No finalised invoice for this period yet" in page
+        if 'id="cells-heading"' in page:
+            assert re.search(r"<strong>\d+ of \d+</strong> healthy; \d+ tenants? placed", page)
+        console.http.close()
+    assert seen == {
+        "ops_admin": (True, True, True),
+        "ops_viewer": (True, True, True),
+        "finance": (True, False, True),
+    }

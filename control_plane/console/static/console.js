@@ -1,4 +1,4 @@
-// The console's only script of its own: the theme switch, and following a single sign-on link.
+// The console's only script of its own: the theme switch, copy buttons, and following a single sign-on link.
 (function () {
   "use strict";
   var COOKIE = "livora_theme";
@@ -24,6 +24,24 @@
     });
   }
 
+  function copy(text) {
+    if (navigator.clipboard && window.isSecureContext) {
+      return navigator.clipboard.writeText(text);
+    }
+    // Plain http on a non-local host has no clipboard API: the older command still works there.
+    return new Promise(function (resolve, reject) {
+      var area = document.createElement("textarea");
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.className = "visually-hidden";
+      document.body.appendChild(area);
+      area.select();
+      var done = document.execCommand("copy");
+      document.body.removeChild(area);
+      (done ? resolve : reject)();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-theme-toggle]").forEach(function (button) {
       button.hidden = false;
@@ -32,6 +50,28 @@
       });
     });
     apply(current());
+    // Copy buttons (secrets shown once, install snippets): shown only where the script runs.
+    document.querySelectorAll("button[data-copy]").forEach(function (button) {
+      button.hidden = false;
+      button.addEventListener("click", function () {
+        var id = button.getAttribute("data-copy");
+        var source = document.getElementById(id);
+        var status = document.querySelector('[data-copy-status="' + id + '"]');
+        var say = function (text) {
+          if (status) {
+            status.textContent = text;
+          }
+        };
+        copy(source ? source.textContent : "").then(
+          function () {
+            say("Copied to the clipboard.");
+          },
+          function () {
+            say("Could not copy: select the text and copy it yourself.");
+          }
+        );
+      });
+    });
     var follow = document.querySelector("a[data-follow]");
     if (follow) {
       window.location.assign(follow.href);
