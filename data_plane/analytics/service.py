@@ -1041,18 +1041,23 @@ class AnalyticsService:
         table = await self._fetch(
             tenant,
             # The limit-th latest receipt first (a top-N over one integer column): only rows received
-            # then or later are joined and sorted, ties included.
+            # then or later are sorted, ties included; their users are looked up after.
             """WITH edge AS (SELECT received_at FROM events ORDER BY received_at DESC LIMIT 1 OFFSET ?)
-               SELECT e.message_id, e.name, u.user_key, e.ts, e.received_at, e.properties
-               FROM events e JOIN users u USING (uid)
-               WHERE e.received_at >= coalesce((SELECT received_at FROM edge), -9223372036854775808)
-               ORDER BY e.received_at DESC, e.message_id DESC LIMIT ?""",
+               SELECT message_id, name, uid, ts, received_at, properties FROM events
+               WHERE received_at >= coalesce((SELECT received_at FROM edge), -9223372036854775808)
+               ORDER BY received_at DESC, message_id DESC LIMIT ?""",
             [limit - 1, limit],
         )
+        users = await self._fetch(
+            tenant,
+            "SELECT uid, user_key FROM users WHERE uid IN (SELECT unnest(?::INTEGER[]))",
+            [sorted(set(table.column("uid").to_pylist()))],
+        )
+        key_of = dict(zip(users.column("uid").to_pylist(), users.column("user_key").to_pylist(), strict=True))
         decode = msgspec.json.Decoder(dict[str, Any]).decode
         items = []
         for row in table.to_pylist():
-            key: str = row["user_key"]
+            key: str = key_of[row["uid"]]
             items.append(
                 schemas.LiveEvent(
                     message_id=row["message_id"],
