@@ -105,6 +105,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     provisioning_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
     # URL of the built-in cell's internal API when it runs in another process (empty: in-process, all-in-one).
     builtin_cell_url: str = ""
+    # Where SDKs send events to the built-in cell (the console's install snippets name it).
+    builtin_cell_ingest_url: str = "http://127.0.0.1:8001"
     # A registered cell whose last config pull is older than this is not healthy (no new tenants go there).
     cell_heartbeat_seconds: Seconds = 120
     # AWS driver: endpoint (empty: AWS itself), region, and the principal Pattern A roles must trust.
