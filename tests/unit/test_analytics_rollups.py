@@ -57,3 +57,27 @@ def test_unfiltered_kpis_equal_the_reference(data: Any, lake: Any) -> None:
     query = schemas.KpiQuery(**data.draw(windows(day)))
     got = answer(batches, lambda service: service.kpis(tenant(zone), query))
     same(got, reference.kpis(_events(batches), query, zone, PLAN))
+
+
+def test_days_off_the_rollups_grain_are_counted_from_the_events() -> None:
+    """Monrovia kept local mean time (UTC-0:44:30) until 1972: its days do not start on a 15-minute
+    slot, so event counts come from the events, not the rollup, and still equal the reference."""
+    import datetime as dt
+
+    from tests.support.analytics import event
+
+    zone = "Africa/Monrovia"
+    start = dt.datetime(1971, 6, 1, 2, 0, tzinfo=dt.UTC)
+    events = [
+        event(f"m{i:03d}", NAMES[i % len(NAMES)], f"user{i % 5}", start + dt.timedelta(hours=5 * i + 0.25 * (i % 3)))
+        for i in range(60)
+    ]
+    window = {"from_date": dt.date(1971, 6, 2), "to_date": dt.date(1971, 6, 11)}
+    for query in (
+        schemas.TrendsQuery(**window, measure="events"),
+        schemas.TrendsQuery(**window, measure="users", event="Order Completed"),
+    ):
+        got = answer([events], lambda service, query=query: service.trends(tenant(zone), query))
+        same(got, reference.trends(events, query, zone))
+    kpis = schemas.KpiQuery(**window)
+    same(answer([events], lambda service: service.kpis(tenant(zone), kpis)), reference.kpis(events, kpis, zone, PLAN))
