@@ -99,7 +99,8 @@ def bench_app():
     async def build():
         return fixed
 
-    settings = CellSettings(data_dir=folder)
+    # LIVORA_* settings apply (LIVORA_RATE_LIMIT_DRIVER, say), in the benchmark's folder.
+    settings = CellSettings.from_env(data_dir=folder)
     stream = create_stream(stream_settings(folder, driver, redis_url, prefix))
     keeper = ConfigKeeper(InProcessConfigFetcher(build), settings.config_cache_path, interval=60)
     return create_cell_app(settings, keeper, stream, close_stream=True)
