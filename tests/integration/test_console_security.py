@@ -63,6 +63,8 @@ def test_every_page_has_a_strict_csp_and_no_inline_script(server: LiveServer, op
         "/console/ops/tenants/new",
         "/console/ops/cells",
         f"/console/t/{world.a.id}",
+        *(f"/console/t/{world.a.id}/{page}" for page in ("members", "api-keys", "sources", "sso", "audit")),
+        f"/console/t/{world.a.id}/sources/{world.a.source_id}",
         "/console/account",
         "/console/t/ten_missing",
     ]
@@ -163,6 +165,9 @@ PLATFORM_ROLES = ("ops_admin", "ops_viewer", "finance")
 TENANT_ROLES = ("owner", "admin", "analyst", "marketer", "sales", "viewer")
 
 
+ADMIN_PAGES = ("members", "api-keys", "sources", "sso", "audit", "create-key")
+
+
 def _expected(page: str, who: str) -> int:
     platform = who in PLATFORM_ROLES
     member = who.startswith("a:")
@@ -178,6 +183,16 @@ def _expected(page: str, who: str) -> int:
         if page == "foreign":
             return 200 if platform else 404
         return 200 if platform or member else 404
+    if page in ADMIN_PAGES:
+        # The workspace admin pages, by the API's permission of each: ops_viewer reads all but sources (a
+        # page for those who manage them), finance and the tenant's lesser roles see none.
+        if who in ("ops_admin", "a:owner", "a:admin"):
+            return 400 if page == "create-key" else 200
+        if who == "ops_viewer" and page not in ("sources", "create-key"):
+            return 200
+        return 403 if platform or member else 404
+    if page == "foreign-admin":
+        return 200 if who in ("ops_admin", "ops_viewer") else 403 if who == "finance" else 404
     if page == "suspend":
         # A wrong typed confirmation: ops_admin reaches the check (422); the rest never get that far.
         if who == "ops_admin":
@@ -198,6 +213,14 @@ def test_role_by_page_matrix(server: LiveServer, world: World) -> None:
         "tenant": ("GET", f"/console/t/{world.a.id}"),
         "foreign": ("GET", f"/console/t/{world.b.id}"),
         "suspend": ("POST", f"/console/t/{world.a.id}/suspend"),
+        "members": ("GET", f"/console/t/{world.a.id}/members"),
+        "api-keys": ("GET", f"/console/t/{world.a.id}/api-keys"),
+        "sources": ("GET", f"/console/t/{world.a.id}/sources"),
+        "sso": ("GET", f"/console/t/{world.a.id}/sso"),
+        "audit": ("GET", f"/console/t/{world.a.id}/audit"),
+        # No name given: those allowed reach the form's check (400), the rest never get that far.
+        "create-key": ("POST", f"/console/t/{world.a.id}/api-keys"),
+        "foreign-admin": ("GET", f"/console/t/{world.b.id}/members"),
     }
     failures = []
     for who, actor in actors.items():
