@@ -149,6 +149,7 @@ class _Tenant:
         # Local lakes: each hour folder's modification time and files when last listed.
         self.folders: dict[str, tuple[int, frozenset[tuple[str, int]]]] = {}
         self.write = threading.Lock()
+        self.listing = threading.Lock()
         rows = connection.execute("SELECT part, key, size FROM ingested").fetchall()
         self.parts: dict[str, frozenset[tuple[str, int]]] = {}
         grouped: dict[str, set[tuple[str, int]]] = {}
@@ -370,7 +371,14 @@ class DuckDBWarehouse:
     ) -> dict[str, frozenset[tuple[str, int]]]:
         """The tenant's lake files by partition (``date/hour``) as ``(key, size)`` pairs, within ``bounds``."""
         if isinstance(self._store, LocalObjectStore):
-            return await asyncio.to_thread(_local_listing, self._store.root, tenant_id, tenant.folders, bounds)
+            root = self._store.root
+
+            def listing() -> dict[str, frozenset[tuple[str, int]]]:
+                # A cache lookup lists while a refresh may list too: one at a time per tenant.
+                with tenant.listing:
+                    return _local_listing(root, tenant_id, tenant.folders, bounds)
+
+            return await asyncio.to_thread(listing)
         listed: dict[str, set[tuple[str, int]]] = {}
         for info in await self._store.list(events_prefix(tenant_id)):
             partition = Partition.from_key(info.key)
