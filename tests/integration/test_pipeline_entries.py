@@ -279,3 +279,33 @@ def test_shards_split_the_partitions_and_keep_each_user_with_one_worker(cell: Ce
     assert seen["a"] and seen["b"] and not seen["a"] & seen["b"]
     ids = [row["message_id"] for row in cell.lake()]
     assert len(ids) == len(set(ids)) == 1200
+
+
+def test_an_entry_delivered_too_often_is_dead_lettered_whole_and_a_replay_lands_it(cell: Cell) -> None:
+    events = [_event(i, user="u") for i in range(4)]
+
+    async def scenario() -> None:
+        [entry_id] = await cell.stream.append([Record("tenA/u", encode_entry(events))])
+        # Workers that took it and died before settling, again and again.
+        doomed = cell.worker(reclaim_idle_ms=60_000)
+        doomed.lake.max_age_s = 60
+        await doomed.step()  # dedup has seen its events under their delivery ids
+        await doomed.dedup.close()
+        for n in range(5):
+            assert await cell.stream.reclaim(GROUP, f"dead-{n}", min_idle_ms=0, count=10)
+        await asyncio.sleep(0.25)  # idle long enough to be reclaimed (a 7th delivery)
+        worker = cell.worker(max_deliveries=5)
+        await worker.step()
+        [letter] = await cell.stream.dead_letters()
+        assert letter.entry_id == entry_id and letter.reason.startswith("too_many_deliveries")
+        assert [e.message_id for e in decode_entry(letter.payload)] == [e.message_id for e in events]
+        # Released from dedup: replayed, the events are new, not duplicates of the lost deliveries.
+        assert await cell.stream.replay([letter.id]) == 1
+        await _drain(worker, cell.stream)
+        assert worker.stats.duplicates == 0 and worker.stats.written == 4
+        books = await reconcile(worker.ledger, worker.lake_store, tenant_id="tenA")
+        assert sum(row.in_lake for row in books) == 4
+        await worker.close()
+        await cell.stream.close()
+
+    asyncio.run(scenario())
