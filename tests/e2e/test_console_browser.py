@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,18 +20,20 @@ import pytest
 from control_plane.app import create_app
 from control_plane.runtime import Runtime
 from control_plane.settings import Settings
+from control_plane.sso.schemas import SsoConnectionCreate
 from control_plane.tenants.schemas import TenantCreate
 from tests.conftest import TEST_CELL_TOKEN_KEY, TEST_SECRET_KEY
 from tests.support.api import outbox
-from tests.support.browser import launch_chromium, serious_accessibility_violations
+from tests.support.browser import PinnedServer, launch_chromium, serious_accessibility_violations
 from tests.support.databases import SqliteDatabases
+from tests.support.oidc import FakeProvider
 from tests.support.provisioning import embedded_spaces
-from tests.support.server import LiveServer
 from tests.support.world import PASSWORD, Actor, World
 
 TABLET = {"width": 768, "height": 1024}
 DESKTOP = {"width": 1280, "height": 800}
 NEW_PASSWORD = "a fresh and long passphrase"
+SSO_EMAIL = "pat@sso-co.example"
 
 
 @dataclass
@@ -59,7 +62,12 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, sqlite_databases: SqliteDatabases) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("console")
+    # Links the platform hands out (mail, the SSO start URL) name its public URL: make it this server's.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     settings = Settings(
+        public_url=f"http://127.0.0.1:{port}",
         database_url=sqlite_databases.fresh(root),
         data_dir=str(root / "var"),
         cookie_secure=False,
@@ -67,7 +75,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_databases: SqliteDatab
         argon2_memory_kib=1024,
         secret_key=TEST_SECRET_KEY,
         cell_token_key=TEST_CELL_TOKEN_KEY,
+        # The identity provider of the SSO journey runs on 127.0.0.1.
+        sso_allow_local_issuers=True,
     )
+    provider = FakeProvider("livora-console", "provider-secret").start()
+    provider.account = {"sub": "pat-1", "email": SSO_EMAIL, "email_verified": True, "name": "Pat Sso"}
 
     async def seed() -> tuple[World, str, str]:
         runtime = Runtime.build(settings)
@@ -78,6 +90,18 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_databases: SqliteDatab
                 pattern_a = await services.tenants.create(
                     TenantCreate(name="Harbour Bank", deployment_pattern="A", provision=False), None
                 )
+                await services.sso.create(
+                    world.b.id,
+                    SsoConnectionCreate(
+                        issuer=provider.issuer,
+                        client_id="livora-console",
+                        client_secret="provider-secret",
+                        allowed_domains=[SSO_EMAIL.split("@")[1]],
+                        default_role="analyst",
+                    ),
+                    None,
+                    may_grant_owner=True,
+                )
             return world, invite_code(settings, "joiner@example.com"), pattern_a.id
         finally:
             await runtime.close()
@@ -87,7 +111,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_databases: SqliteDatab
         world, code, pattern_a = pool.submit(asyncio.run, seed()).result()
     runtime = Runtime.build(settings)
     runtime.provisioner.attach_builtin_cell(embedded_spaces(root / "builtin-cell"))
-    live = LiveServer(create_app(settings, runtime)).start()
+    live = PinnedServer(create_app(settings, runtime), port).start()
     yield Site(
         url=live.url,
         settings=settings,
@@ -99,6 +123,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, sqlite_databases: SqliteDatab
         invite_token=code,
     )
     live.stop()
+    provider.stop()
 
 
 def invite_code(settings: Settings, email: str) -> str:
@@ -212,6 +237,18 @@ def test_ops_admin_signs_in_by_keyboard_onboards_a_tenant_and_watches_it_provisi
     invite_code(site.settings, "owner@nimbus.example")
 
 
+def test_single_sign_on_from_the_sign_in_page(tab: Tab, site: Site) -> None:
+    page = tab.page
+    page.goto("/console/t/" + site.tenant_b)
+    page.get_by_label("Work email").fill(SSO_EMAIL)
+    page.get_by_role("button", name="Continue").click()
+    # The page follows the provider's link by itself; the provider answers at once and sends the browser back.
+    page.wait_for_url(f"**/console/t/{site.tenant_b}", timeout=20_000)
+    assert page.locator("h1").inner_text() == "Tenant B"
+    assert SSO_EMAIL in page.locator(".who").get_attribute("title")
+    tab.check("01-signed-in-by-sso")
+
+
 def test_forgot_password_from_the_mail_outbox(tab: Tab, site: Site) -> None:
     page = tab.page
     email = "a-viewer@example.com"
@@ -223,9 +260,7 @@ def test_forgot_password_from_the_mail_outbox(tab: Tab, site: Site) -> None:
     page.wait_for_selector("text=is on its way")
     text = [m for m in outbox(site.settings) if m["to"] == email][-1]["text"]
     link = re.search(r"http://\S+/console/reset\?token=\S+", text).group(0)  # type: ignore[union-attr]
-    assert link.startswith(site.settings.base_url)
-    # The live server listens on a port of its own, not the one the settings name.
-    link = link.removeprefix(site.settings.base_url)
+    assert link.startswith(site.url + "/console/reset?token=")
     page.goto(link)
     tab.check("02-reset")
     page.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
@@ -272,6 +307,11 @@ SIGNED_IN_PAGES = {
     "tenant": "/console/t/{a}",
     "tenant-pattern-a": "/console/t/{pa}",
     "account": "/console/account",
+    "members": "/console/t/{a}/members",
+    "api-keys": "/console/t/{a}/api-keys",
+    "sources": "/console/t/{a}/sources",
+    "sso": "/console/t/{a}/sso",
+    "audit": "/console/t/{a}/audit",
     "not-found": "/console/t/{b}x",
 }
 ANONYMOUS_PAGES = {
