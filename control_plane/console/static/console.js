@@ -72,6 +72,12 @@
         );
       });
     });
+    // A page that shows a secret once answers a POST: its address becomes the GET page, so a reload
+    // shows the list again instead of sending the form twice (and minting a second secret).
+    var settled = document.querySelector("[data-replace-url]");
+    if (settled && window.history.replaceState) {
+      window.history.replaceState(null, "", settled.getAttribute("data-replace-url"));
+    }
     var follow = document.querySelector("a[data-follow]");
     if (follow) {
       window.location.assign(follow.href);
