@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pyarrow as pa
@@ -99,25 +100,40 @@ async def _lake_rows(cell) -> tuple[int, int, int]:
         await store.close()
 
 
+@pytest.fixture
+def ingest_url(cell) -> Iterator[str]:
+    """`livora cell --workers 2` on its own port, ready (it has pulled its first config)."""
+    port = free_port()
+    ingest = _ingest(cell, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Two processes importing everything on a loaded machine: give them time.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert ingest.poll() is None, ingest.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "livora cell never became ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        try:
+            ingest.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            ingest.kill()
+            ingest.wait()
+
+
 # The control plane's database plays no part here: one backend is enough.
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
+def test_killed_workers_lose_and_duplicate_nothing(cell, world, client, ingest_url):
     # Enterprise limits: 100k events in a few seconds stay under the tenant's token bucket.
     ops = world.platform["ops_admin"].headers
     assert client.patch(f"/api/v1/tenants/{world.a.id}", json={"plan": "enterprise"}, headers=ops).status_code == 200
-    port = free_port()
-    ingest = _ingest(cell, port)
-    ingest_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{ingest_url}/ready", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert ingest.poll() is None, ingest.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "livora cell never became ready"
-        time.sleep(0.2)
     deadline = time.monotonic() + 10
     with httpx.Client(base_url=ingest_url, timeout=30) as http:
         probe = {"batch": [{"type": "track", "event": "Probe", "userId": "p"} for _ in range(BATCH)]}
@@ -173,9 +189,9 @@ def test_killed_workers_lose_and_duplicate_nothing(cell, world, client):
                 assert time.monotonic() < deadline, books
                 time.sleep(0.5)
     finally:
-        for process in (*workers, ingest):
+        for process in workers:
             process.send_signal(signal.SIGTERM)
-        for process in (*workers, ingest):
+        for process in workers:
             process.wait(timeout=30)
     accepted = sum(h["accepted"] for h in books["hours"])
     probes = BATCH  # the one probe batch that was accepted
