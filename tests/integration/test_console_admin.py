@@ -300,3 +300,19 @@ def test_the_menu_shows_the_admin_pages_a_role_may_open(server: LiveServer, worl
         labels = tuple(p for p in pages if f">{p}</a>" in menu.group(0))  # type: ignore[union-attr]
         assert labels == shown, (role, labels)
         console.http.close()
+
+
+def test_admin_forms_need_the_csrf_token(server: LiveServer, world: World, admin: Console) -> None:
+    base = f"/console/t/{world.a.id}"
+    forged = {"name": "forged", "scopes": "tenant:read"}
+    for path, data in (
+        (f"{base}/api-keys", forged),
+        (f"{base}/sources", {"name": "forged", "kind": "server"}),
+        (f"{base}/members/invite", {"email": "forged@example.com", "role": "admin"}),
+    ):
+        refused = admin.http.post(path, data=data)
+        assert refused.status_code == 403 and "did not come from this site" in refused.text, path
+        assert admin.http.post(path, data={**data, "_csrf": "0" * 64}).status_code == 403, path
+    assert "forged" not in admin.get(f"{base}/api-keys").text
+    assert "forged" not in admin.get(f"{base}/sources").text
+    assert "forged@example.com" not in admin.get(f"{base}/members").text
