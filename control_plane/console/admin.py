@@ -128,6 +128,7 @@ class WorkspaceAdminController(Controller):
             roles=[r for r in TENANT_ROLES if owners or r != "owner"],
             may_manage_owners=owners,
             may_write=may(request, "members", "write"),
+            may_invite=may(request, "invites", "write"),
             **context,
         )
 

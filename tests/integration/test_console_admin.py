@@ -316,3 +316,14 @@ def test_admin_forms_need_the_csrf_token(server: LiveServer, world: World, admin
     assert "forged" not in admin.get(f"{base}/api-keys").text
     assert "forged" not in admin.get(f"{base}/sources").text
     assert "forged@example.com" not in admin.get(f"{base}/members").text
+
+
+def test_staff_who_only_read_see_the_admin_pages_without_their_forms(server: LiveServer, world: World) -> None:
+    console = Console(server, world.platform["ops_viewer"])
+    base = f"/console/t/{world.a.id}"
+    for page in ("members", "api-keys", "sso", "audit"):
+        response = console.get(f"{base}/{page}")
+        assert response.status_code == 200, page
+        assert 'method="post" action="/console/t/' not in response.text, page
+    assert console.post(f"{base}/members/invite", {"email": "x@example.com", "role": "viewer"}).status_code == 403
+    console.http.close()
