@@ -107,6 +107,8 @@ def _problem(index: int, message_id: str | None, code: str, detail: str) -> dict
 
 
 class Ingestor:
+    """One ingest process's side of the API: a request in, its events durably on the stream and counted."""
+
     def __init__(
         self,
         settings: CellSettings,
@@ -326,7 +328,7 @@ def _group_records(tenant_id: str, group: list[Event], into: list[Record]) -> No
         _group_records(tenant_id, group[half:], into)
         return
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise TooLarge(f"An event is larger than {MAX_PAYLOAD_BYTES} bytes once stamped.", code="events_rejected")
+        raise TooLarge(f"An event is larger than {MAX_PAYLOAD_BYTES} bytes once stamped.", code="request_too_large")
     # Every event of the group hashes to this partition; the first one's key names it.
     into.append(Record(f"{tenant_id}/{group[0].partition_key}", payload))
 
