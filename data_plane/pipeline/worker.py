@@ -200,8 +200,10 @@ class PipelineWorker:
         # whoever holds them (its shard's previous worker is gone), before it reads anything new:
         # one user's events are then handled in stream order across a restart.
         self._taking_over = self.partitions is not None
-        # Events per entry lately: a read asks for about ``batch_events`` events.
-        self._entry_events = 1.0
+        # Events per entry lately: a read asks for about ``batch_events`` events. It starts high (a
+        # full request's worth) so that a first read of big entries cannot take a huge batch, whose
+        # processing would outlast the reclaim idle time.
+        self._entry_events = 100.0
         # Delivery id -> (tenant, received_at) of what sits in the lake writer's buffers.
         self._buffered: dict[str, tuple[str, dt.datetime]] = {}
         # Written to the lake, not counted and settled yet (a later step of the flush failed).
