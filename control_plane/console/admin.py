@@ -38,11 +38,25 @@ ORIGIN_HELP = "Each origin is a scheme, a host and an optional port, such as htt
 GRACE_PERIODS = ((0, "at once"), (3600, "in 1 hour"), (86400, "in 24 hours"), (604800, "in 7 days"))
 
 
+# What a field's pattern allows, in words (a regex means nothing to most people).
+PATTERN_WORDS = {
+    "issuer": "an http or https address such as https://login.example.com",
+    "allowed_domains": "lower-case email domains such as example.com",
+    "client_id": "printable characters without spaces",
+    "role_claim": "letters, digits and _ : / . -",
+    "allowed_origins": "origins such as https://shop.example.com",
+}
+
+
 def failure(exc: AppError | msgspec.ValidationError) -> tuple[str, int]:
     """What to tell the person, and the status the API would answer."""
     if isinstance(exc, AppError):
         return exc.detail, exc.status_code
-    return validation_text(exc), 400
+    detail = validation_text(exc)
+    field = detail.partition(":")[0].partition("[")[0]
+    if "matching regex" in detail:
+        detail = f"{field}: expected {PATTERN_WORDS.get(field, 'a value in the form the hint shows')}."
+    return detail, 400
 
 
 def lines(text: str) -> list[str]:
@@ -600,6 +614,40 @@ class WorkspaceAdminController(Controller):
         """Fetch the provider's discovery document and keys now, and say what was found."""
         result = await services.sso.test(tenant_id, connection_id)
         return await self._sso(request, services, tenant_id, tested=(connection_id, result))
+
+    @post(
+        "/sso/{connection_id:str}/update",
+        operation_id="ConsoleUpdateSso",
+        opt={"permission": ("sso", "write"), "audit": "sso_connection.updated"},
+    )
+    async def update_sso(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[str],
+        connection_id: FromPath[str],
+        services: NamedDependency[Services],
+    ) -> Response[Any]:
+        """Change a connection; an empty client secret keeps the stored one, an empty role claim removes it."""
+        form = await read_form(request)
+        fields: dict[str, Any] = {
+            "name": form.get("name", "").strip() or None,
+            "issuer": form.get("issuer", "").strip() or None,
+            "client_id": form.get("client_id", "").strip() or None,
+            "client_secret": form.get("client_secret") or None,
+            "allowed_domains": [d.lower() for d in lines(form.get("allowed_domains", ""))] or None,
+            "role_claim": form.get("role_claim", "").strip(),
+            "default_role": form.get("default_role") or None,
+            "enforce_sso": form.get("enforce_sso") == "on",
+        }
+        try:
+            data = msgspec.convert({k: v for k, v in fields.items() if v is not None}, SsoConnectionUpdate)
+            changed = await services.sso.update(
+                tenant_id, connection_id, data, may_grant_owner=may(request, "owners", "write")
+            )
+        except (AppError, msgspec.ValidationError) as exc:
+            detail, status = failure(exc)
+            return await self._sso(request, services, tenant_id, error=detail, status_code=status)
+        return await self._sso(request, services, tenant_id, notice=f"{changed.name} was saved.")
 
     @post(
         "/sso/{connection_id:str}/enabled",

@@ -239,7 +239,8 @@ def test_an_sso_connection_is_set_up_and_tested_from_its_page(
         "default_role": "analyst",
     }
     no_openid_domain = admin.post(base, {**form, "allowed_domains": "not a domain"})
-    assert no_openid_domain.status_code == 400 and "allowed_domains" in no_openid_domain.text
+    assert no_openid_domain.status_code == 400
+    assert "allowed_domains: expected lower-case email domains such as example.com." in no_openid_domain.text
     assert "the secret" not in no_openid_domain.text, "the client secret is never sent back"
     owner_grant = admin.post(base, {**form, "default_role": "owner"})
     assert owner_grant.status_code == 403
@@ -254,11 +255,24 @@ def test_an_sso_connection_is_set_up_and_tested_from_its_page(
     failed = text(admin.post(f"{base}/{connection_id}/test"))
     assert "The test failed (sso_provider_unavailable)." in failed and "failed, " in failed
 
+    bad_issuer = admin.post(f"{base}/{connection_id}/update", {"issuer": "not a url"})
+    assert bad_issuer.status_code == 400 and "issuer: expected an http or https address" in bad_issuer.text
+    assert "regex" not in bad_issuer.text
+    saved = text(
+        admin.post(
+            f"{base}/{connection_id}/update",
+            {"allowed_domains": "acme.test", "role_claim": "groups", "default_role": "viewer", "enforce_sso": "on"},
+        )
+    )
+    assert "Acme login was saved." in saved and "refused for these domains (SSO enforced)" in saved
+    assert "from the <code>groups</code> claim, else viewer" in saved
     off = admin.post(f"{base}/{connection_id}/enabled", {"enabled": "false"})
     assert "Acme login is off" in off.text and "Turn on" in off.text
     with api(server, world.a.members["admin"].token) as client:
         stored = client.get(f"/api/v1/tenants/{world.a.id}/sso/connections/{connection_id}").json()
     assert stored["enabled"] is False and stored["last_test_ok"] is False
+    assert stored["allowed_domains"] == ["acme.test"] and stored["enforce_sso"] is True
+    assert stored["client_secret_set"] is True, "an empty secret field keeps the stored secret"
     removed = admin.post(f"{base}/{connection_id}/delete")
     assert removed.status_code == 200 and "No single sign-on yet." in removed.text
     assert admin.post(f"{base}/{connection_id}/test").status_code == 404
