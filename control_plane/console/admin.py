@@ -31,6 +31,8 @@ from control_plane.sources.schemas import SourceCreate, SourceCreated, SourceUpd
 from control_plane.sso.schemas import SsoConnectionCreate, SsoConnectionTest, SsoConnectionUpdate
 from kernel.errors import AppError, NotFound, PermissionDenied
 
+# Members and sources per page (a workspace has tens, not thousands).
+LIST_SIZE = 100
 OUTCOMES = ("success", "denied", "failure")
 SOURCE_KINDS = ("web", "server", "mobile")
 # Grace periods offered when rotating a key (the service refuses more than the installation allows).
@@ -70,6 +72,10 @@ def day_start(value: str) -> dt.datetime | None:
         return dt.datetime.combine(dt.date.fromisoformat(value.strip()), dt.time(), dt.UTC)
     except ValueError:
         return None
+
+
+def next_page(path: str, cursor: str | None) -> str | None:
+    return f"{path}?{urlencode({'cursor': cursor})}" if cursor else None
 
 
 async def ingest_url(services: Services, tenant_id: str) -> str:
@@ -126,9 +132,15 @@ class WorkspaceAdminController(Controller):
     # --- members and invitations -------------------------------------------------------------
 
     async def _members(
-        self, request: Request[Any, Any, Any], services: Services, tenant_id: str, **context: Any
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        tenant_id: str,
+        *,
+        cursor: str | None = None,
+        **context: Any,
     ) -> Response[Any]:
-        members = await services.members.list(tenant_id, limit=200)
+        members = await services.members.list(tenant_id, cursor=cursor, limit=LIST_SIZE)
         invites = await services.identity.list_invites(tenant_id, limit=50)
         owners = may(request, "owners", "write")
         return await self._page(
@@ -138,6 +150,7 @@ class WorkspaceAdminController(Controller):
             "admin/members.html",
             "Members",
             members=members.items,
+            next_url=next_page(f"{PREFIX}/t/{tenant_id}/members", members.next_cursor),
             invites=invites.items,
             roles=[r for r in TENANT_ROLES if owners or r != "owner"],
             may_manage_owners=owners,
@@ -149,10 +162,14 @@ class WorkspaceAdminController(Controller):
     # The page lists invitations, which only admins may read: a viewer (who may read members) sees no admin page.
     @get("/members", operation_id="ConsoleMembers", opt={"permission": ("invites", "read")})
     async def members(
-        self, request: Request[Any, Any, Any], tenant_id: FromPath[str], services: NamedDependency[Services]
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[str],
+        services: NamedDependency[Services],
+        cursor: FromQuery[str | None] = None,
     ) -> Response[Any]:
         """The workspace's people and their roles, and the invitations sent."""
-        return await self._members(request, services, tenant_id)
+        return await self._members(request, services, tenant_id, cursor=cursor)
 
     @post(
         "/members/invite",
@@ -260,7 +277,8 @@ class WorkspaceAdminController(Controller):
         **context: Any,
     ) -> Response[Any]:
         listed = await services.api_keys.list(tenant_id, cursor=cursor, limit=PAGE_SIZE)
-        next_url = f"{request.url.path}?{urlencode({'cursor': listed.next_cursor})}" if listed.next_cursor else None
+        # Built from the list's own address: this page also answers the key forms' POSTs.
+        next_url = next_page(f"{PREFIX}/t/{tenant_id}/api-keys", listed.next_cursor)
         context.setdefault("form", {})
         return await self._page(
             request,
@@ -373,9 +391,15 @@ class WorkspaceAdminController(Controller):
     # --- sources and write keys --------------------------------------------------------------
 
     async def _sources(
-        self, request: Request[Any, Any, Any], services: Services, tenant_id: str, **context: Any
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        tenant_id: str,
+        *,
+        cursor: str | None = None,
+        **context: Any,
     ) -> Response[Any]:
-        listed = await services.sources.list(tenant_id, limit=200)
+        listed = await services.sources.list(tenant_id, cursor=cursor, limit=LIST_SIZE)
         context.setdefault("form", {})
         return await self._page(
             request,
@@ -384,6 +408,7 @@ class WorkspaceAdminController(Controller):
             "admin/sources.html",
             "Sources",
             sources=listed.items,
+            next_url=next_page(f"{PREFIX}/t/{tenant_id}/sources", listed.next_cursor),
             kinds=SOURCE_KINDS,
             **context,
         )
@@ -391,10 +416,14 @@ class WorkspaceAdminController(Controller):
     # Managing sources (write keys, origins) is an admin's; viewers read sources through the API only.
     @get("/sources", operation_id="ConsoleSources", opt={"permission": ("sources", "write")})
     async def sources(
-        self, request: Request[Any, Any, Any], tenant_id: FromPath[str], services: NamedDependency[Services]
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: FromPath[str],
+        services: NamedDependency[Services],
+        cursor: FromQuery[str | None] = None,
     ) -> Response[Any]:
         """The workspace's sources (web, server, mobile) and their write keys."""
-        return await self._sources(request, services, tenant_id)
+        return await self._sources(request, services, tenant_id, cursor=cursor)
 
     @post(
         "/sources",

@@ -6,11 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
+from control_plane.api_keys.schemas import ApiKeyCreate
+from control_plane.console.routes import PAGE_SIZE
 from control_plane.http import SESSION_COOKIE
 from control_plane.settings import Settings
 from tests.support.api import outbox
@@ -341,3 +344,22 @@ def test_staff_who_only_read_see_the_admin_pages_without_their_forms(server: Liv
         assert 'method="post" action="/console/t/' not in response.text, page
     assert console.post(f"{base}/members/invite", {"email": "x@example.com", "role": "viewer"}).status_code == 403
     console.http.close()
+
+
+def test_the_key_list_pages_from_its_own_address_after_a_form(
+    admin: Console, world: World, aio: Callable[[Awaitable[Any]], Any]
+) -> None:
+    async def many() -> None:
+        async with world.runtime.services() as services:
+            for n in range(PAGE_SIZE):
+                await services.api_keys.create(
+                    world.a.id, ApiKeyCreate(name=f"bulk {n:02}", scopes=["tenant:read"]), None
+                )
+
+    aio(many())
+    base = f"/console/t/{world.a.id}/api-keys"
+    revoked = admin.post(f"{base}/{world.a.key_ids['key_read_tenant']}/revoke")
+    next_url = html.unescape(re.search(r'href="([^"]+cursor=[^"]+)"', revoked.text).group(1))  # type: ignore[union-attr]
+    assert next_url.startswith(f"{base}?cursor=")
+    older = admin.http.get(next_url)
+    assert older.status_code == 200 and "key_all" in older.text and "bulk 24" not in older.text
