@@ -76,10 +76,9 @@ WHERE type IN ('track', 'page', 'screen') AND (user_id IS NOT NULL OR anonymous_
 
 _MERGE = [
     # A copy of the same message id already held from another partition: the earlier receipt wins.
-    """INSERT INTO touched SELECT e.uid, e.ts FROM events e JOIN incoming i USING (message_id)
-       WHERE i.received_at < e.received_at""",
     """DELETE FROM events WHERE message_id IN (
-        SELECT e.message_id FROM events e JOIN incoming i USING (message_id) WHERE i.received_at < e.received_at)""",
+        SELECT e.message_id FROM events e JOIN incoming i USING (message_id) WHERE i.received_at < e.received_at)
+       RETURNING uid, ts""",
     "DELETE FROM incoming WHERE message_id IN (SELECT message_id FROM events)",
     "DELETE FROM product_lines WHERE message_id IN (SELECT message_id FROM incoming)",
     """INSERT INTO users
@@ -92,11 +91,11 @@ _MERGE = [
        FROM incoming i JOIN users u USING (user_key)""",
     """INSERT INTO product_lines
        WITH carts AS (
-           SELECT e.message_id, e.part, e.uid, e.ts, e.name,
-                  unnest(json_extract(e.properties, '$.products[*]')) AS item,
-                  generate_subscripts(json_extract(e.properties, '$.products[*]'), 1) - 1 AS line
-           FROM events e SEMI JOIN incoming i ON e.message_id = i.message_id
-           WHERE json_type(e.properties, '$.products') = 'ARRAY'
+           SELECT i.message_id, i.part, u.uid, i.ts, i.name,
+                  unnest(json_extract(i.properties, '$.products[*]')) AS item,
+                  generate_subscripts(json_extract(i.properties, '$.products[*]'), 1) - 1 AS line
+           FROM incoming i JOIN users u USING (user_key)
+           WHERE json_type(i.properties, '$.products') = 'ARRAY'
        )
        SELECT message_id, part, uid, ts, name, line, json_extract_string(item, '$.product_id'),
               CASE WHEN json_type(item, '$.price') IN ('BIGINT', 'UBIGINT', 'DOUBLE')
@@ -118,9 +117,43 @@ _DERIVED = """min(ts) OVER (PARTITION BY uid) AS first_ts,
 
 # What a merge changed, kept up to date for the users and 15-minute slots it touched only.
 _DERIVE = [
-    f"""UPDATE events SET first_ts = d.first_ts, prev_ts = d.prev_ts, prev_same_ts = d.prev_same_ts
-        FROM (SELECT message_id, {_DERIVED} FROM events WHERE uid IN (SELECT uid FROM touched)) d
-        WHERE events.message_id = d.message_id AND events.uid IN (SELECT uid FROM touched)""",
+    # A user's rows before the earliest one a merge touched keep their values (a predecessor is always
+    # earlier, and a new first event makes that earliest touched row the first): only the rows from
+    # there on are ordered again, seeded with the last earlier time per user and per (user, name).
+    "CREATE OR REPLACE TEMP TABLE since AS SELECT uid, min(ts) AS since FROM touched GROUP BY uid",
+    # The touched users' rows, found in one pass over the table.
+    """CREATE OR REPLACE TEMP TABLE mine AS
+       SELECT e.rowid AS row, e.uid, e.name, e.ts, e.message_id, e.first_ts AS old_first,
+              e.prev_ts AS old_prev, e.prev_same_ts AS old_same, s.since
+       FROM events e JOIN since s ON e.uid = s.uid""",
+    """CREATE OR REPLACE TEMP TABLE derived AS
+       WITH region AS (
+           SELECT * FROM mine WHERE ts >= since
+       ), earlier AS (
+           SELECT uid, name, max(ts) AS last FROM mine WHERE ts < since GROUP BY uid, name
+       ), seed AS (
+           SELECT uid, max(last) AS last FROM earlier GROUP BY uid
+       ), firsts AS (
+           SELECT uid, min(ts) AS first_ts FROM mine GROUP BY uid
+       ), computed AS (
+           SELECT r.row, r.old_first, r.old_prev, r.old_same, f.first_ts,
+                  CASE WHEN row_number() OVER (PARTITION BY r.uid ORDER BY r.ts, r.message_id) = 1 THEN s.last
+                       ELSE lag(r.ts) OVER (PARTITION BY r.uid ORDER BY r.ts, r.message_id) END AS prev_ts,
+                  CASE WHEN row_number() OVER (PARTITION BY r.uid, r.name ORDER BY r.ts, r.message_id) = 1
+                       THEN b.last
+                       ELSE lag(r.ts) OVER (PARTITION BY r.uid, r.name ORDER BY r.ts, r.message_id) END
+                       AS prev_same_ts
+           FROM region r JOIN firsts f ON f.uid = r.uid LEFT JOIN seed s ON s.uid = r.uid
+           LEFT JOIN earlier b ON b.uid = r.uid AND b.name = r.name
+       )
+       SELECT row, first_ts, prev_ts, prev_same_ts FROM computed
+       WHERE old_first IS DISTINCT FROM first_ts OR old_prev IS DISTINCT FROM prev_ts
+          OR old_same IS DISTINCT FROM prev_same_ts""",
+    """UPDATE events SET first_ts = d.first_ts, prev_ts = d.prev_ts, prev_same_ts = d.prev_same_ts
+       FROM derived d WHERE events.rowid = d.row""",
+    "DROP TABLE derived",
+    "DROP TABLE mine",
+    "DROP TABLE since",
 ]
 _ROLL_UP = [
     """UPDATE users SET first_ts = s.first_ts, last_ts = s.last_ts
@@ -138,6 +171,15 @@ _ROLL_UP = [
     "DROP TABLE touched_slots",
     "DROP TABLE touched",
 ]
+
+
+def _touch(cursor: duckdb.DuckDBPyConnection, result: duckdb.DuckDBPyConnection) -> None:
+    """Note the (uid, ts) of the rows a ``DELETE … RETURNING uid, ts`` removed as touched."""
+    removed = pa.table(result.fetchnumpy())
+    if removed.num_rows:
+        cursor.register("removed_rows", removed)
+        cursor.execute("INSERT INTO touched SELECT uid, ts FROM removed_rows")
+        cursor.unregister("removed_rows")
 
 
 class _Tenant:
@@ -430,12 +472,12 @@ class DuckDBWarehouse:
             try:
                 cursor.execute("BEGIN")
                 cursor.execute("CREATE OR REPLACE TEMP TABLE touched (uid INTEGER, ts BIGINT)")
-                cursor.execute(
-                    "INSERT INTO touched SELECT uid, ts FROM events WHERE part IN (SELECT unnest(?::VARCHAR[]))",
-                    [parts],
-                )
                 for table in ("events", "product_lines", "ingested"):
-                    cursor.execute(f"DELETE FROM {table} WHERE part IN (SELECT unnest(?::VARCHAR[]))", [parts])
+                    delete = f"DELETE FROM {table} WHERE part IN (SELECT unnest(?::VARCHAR[]))"
+                    if table == "events":
+                        _touch(cursor, cursor.execute(delete + " RETURNING uid, ts", [parts]))
+                    else:
+                        cursor.execute(delete, [parts])
                 if isinstance(source, pa.Table):
                     cursor.register("lake_rows", source)
                     cursor.execute(_INCOMING.replace("{source}", "lake_rows"))
@@ -445,7 +487,9 @@ class DuckDBWarehouse:
                     cursor.execute(_INCOMING.replace("{source}", reader), [source])
                 if isinstance(source, pa.Table) or source:
                     for statement in _MERGE:
-                        cursor.execute(statement)
+                        result = cursor.execute(statement)
+                        if "RETURNING uid, ts" in statement:
+                            _touch(cursor, result)
                     cursor.execute(
                         "INSERT INTO touched SELECT uid, ts FROM events WHERE part IN (SELECT unnest(?::VARCHAR[]))",
                         [parts],
