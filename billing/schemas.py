@@ -60,6 +60,40 @@ class InvoiceDetail(Invoice, kw_only=True):
     credit_notes: list[CreditNote]
 
 
+class DraftLine(msgspec.Struct, kw_only=True):
+    """A line of a draft preview: rated like an invoice line, never stored (so it has no id)."""
+
+    position: int
+    kind: Literal["base_fee", "usage", "adjustment"]
+    description: str
+    meter: str | None
+    usage_period_start: dt.datetime | None
+    quantity: int
+    included: int
+    billable: int
+    unit_amount: int | None
+    unit_size: int
+    amount: int
+    tiers: list[TierLine]
+
+
+class DraftPreview(msgspec.Struct, kw_only=True):
+    """What the open period's invoice would say if it were rated now; nothing of it is stored."""
+
+    tenant_id: str
+    plan: str
+    currency: str
+    period_start: dt.datetime
+    period_end: dt.datetime
+    rated_at: dt.datetime
+    seats: int
+    subtotal: int
+    tax_rate_bp: int
+    tax: int
+    total: int
+    lines: list[DraftLine]
+
+
 class InvoicePage(msgspec.Struct, kw_only=True):
     items: list[Invoice]
     next_cursor: str | None

@@ -399,7 +399,7 @@ class BillingService:
     # --- drafts and rating --------------------------------------------------------------------
 
     async def _lines_for(
-        self, tenant_id: str, start: dt.datetime, end: dt.datetime, invoice_id: str
+        self, tenant_id: str, start: dt.datetime, end: dt.datetime, invoice_id: str, seats_now: int | None = None
     ) -> tuple[str, str, list[LineDraft]]:
         segments = await self.segments(tenant_id, start, end)
         if not segments:
@@ -409,6 +409,9 @@ class BillingService:
         trial_end = segments[-1].trial_end if segments[-1].trial_end and segments[-1].trial_end > start else None
         for component in plan.components:
             used = await self.quantity(tenant_id, component.meter, start, since=trial_end)
+            if seats_now is not None and self.catalog.meter(component.meter).metric == "seats":
+                # A preview counts today's seats as the hourly snapshot would, without recording them.
+                used = max(used, seats_now)
             included = included_quantity(segments, component.meter, start, end)
             line = usage_line(self.catalog, plan, component.meter, used, included, start)
             if line is not None:
@@ -555,6 +558,56 @@ class BillingService:
             invoice.total = invoice.subtotal + invoice.tax
             invoice.rated_at = now
             await self.db.flush()
+
+    async def preview(self, tenant_id: str, now: dt.datetime | None = None) -> schemas.DraftPreview:
+        """The open period's invoice as it would be rated now: its lines and totals, nothing stored.
+
+        Drafts only exist once a period has ended; this rates the usage received so far the way
+        ``_rate`` does (today's seats included), and writes no invoice, line or seat snapshot.
+        """
+        now = now or utcnow()
+        start, end = period_of(now)
+        if await self.directory.tenant(tenant_id) is None:
+            raise NotFound(f"No tenant {tenant_id}.", code="tenant_not_found")
+        seats = await self.directory.seats(tenant_id)
+        plan, currency, drafts = await self._lines_for(tenant_id, start, end, "", seats_now=seats)
+        with tenant_scope(tenant_id):
+            account = await self.db.get(m.BillingAccount, tenant_id)
+        tax_rate = account.tax_rate_bp if account else 0
+        subtotal = sum(line.amount for line in drafts)
+        tax = tax_of(subtotal, tax_rate)
+        # Reading may have started the tenant's plan timeline (``subscriptions``); that is all it keeps.
+        await self.db.commit()
+        return schemas.DraftPreview(
+            tenant_id=tenant_id,
+            plan=plan,
+            currency=currency,
+            period_start=start,
+            period_end=end,
+            rated_at=now,
+            seats=seats,
+            subtotal=subtotal,
+            tax_rate_bp=tax_rate,
+            tax=tax,
+            total=subtotal + tax,
+            lines=[
+                schemas.DraftLine(
+                    position=position,
+                    kind=line.kind,  # type: ignore[arg-type]
+                    description=line.description,
+                    meter=line.meter,
+                    usage_period_start=line.usage_period_start,
+                    quantity=line.quantity,
+                    included=line.included,
+                    billable=line.billable,
+                    unit_amount=line.unit_amount,
+                    unit_size=line.unit_size,
+                    amount=line.amount,
+                    tiers=list(line.tiers),
+                )
+                for position, line in enumerate(drafts)
+            ],
+        )
 
     async def refresh_draft(self, invoice_id: str, now: dt.datetime | None = None) -> schemas.InvoiceDetail:
         """Re-rate a draft from the usage stored now (late usage is taken until finalisation)."""

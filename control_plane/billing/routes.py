@@ -271,6 +271,16 @@ class TenantBillingController(Controller):
         """Move the tenant to another plan; the period's base fee and allowances are prorated per plan."""
         return await services.billing.change_plan(tenant_id, data)
 
+    @get("/billing/draft", operation_id="GetDraftInvoice", opt={"permission": ("invoices", "read")})
+    async def preview_draft(
+        self, tenant_id: FromPath[str], services: NamedDependency[Services]
+    ) -> schemas.DraftPreview:
+        """The current period's invoice as it would be rated now, from the usage received so far.
+
+        Nothing is stored or finalised: the real draft appears once the period has ended.
+        """
+        return await services.billing.preview(tenant_id)
+
     @get("/invoices", operation_id="ListInvoices", opt={"permission": ("invoices", "read")})
     async def list_invoices(
         self,

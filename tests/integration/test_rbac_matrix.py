@@ -118,6 +118,7 @@ MATRIX: dict[str, frozenset[str]] = {
     **{op: ADMIN_ONLY | {"finance"} for op in ("ClosePeriod", "UpdateBillingAccount", "ChangePlan")},
     **{op: PLATFORM | A_MANAGERS for op in ("GetBillingAccount", "ListInvoices", "GetInvoice", "RenderInvoice")},
     "GetUsage": PLATFORM | A_MANAGERS,
+    "GetDraftInvoice": PLATFORM | A_MANAGERS,
     "ReportUsage": frozenset(),
     "ReceiveStripeWebhook": frozenset(),
     # Provisioning runs and cells: Livora staff; ops_admin acts. A Pattern A tenant's owners and admins
@@ -466,6 +467,7 @@ PREPARE: dict[str, Callable[[Env], Call]] = {
     "GetInvoice": lambda env: Call(params={"tenant_id": env.a, "invoice_id": env.invoice()}),
     "RenderInvoice": lambda env: Call(params={"tenant_id": env.a, "invoice_id": env.invoice()}),
     "GetUsage": lambda env: Call(params={"tenant_id": env.a}),
+    "GetDraftInvoice": lambda env: Call(params={"tenant_id": env.a}),
     "ListSources": lambda env: Call(params={"tenant_id": env.a}),
     "GetSource": lambda env: Call(params={"tenant_id": env.a, "source_id": env.world.a.source_id}),
     "CreateSource": lambda env: Call(params={"tenant_id": env.a}, json={"name": "site", "kind": "web"}),

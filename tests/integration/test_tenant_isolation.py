@@ -73,6 +73,7 @@ LEAK_CASES: dict[str, Any] = {
     "GetInvoice": None,
     "RenderInvoice": None,
     "GetUsage": None,
+    "GetDraftInvoice": None,
 }
 
 # Object ids in tenant routes' paths, and the id prefix of a made-up one.
