@@ -58,7 +58,7 @@ openapi-check: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache
 
-## bench: performance figures (ingestion acks and latency per stream driver, pipeline into the lake; analytics queries)
+## bench: every performance figure in one table, beside its target and its peer measured in the same run (the
+## decode-only ceiling endpoint, one worker process, ClickHouse via chdb); bench/*.py run alone for detail
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/summary.py $(BENCH_ARGS)
