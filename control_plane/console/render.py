@@ -65,12 +65,16 @@ def navigation(
         items.append(("New tenant", f"{PREFIX}/ops/tenants/new"))
     if allows(principal, PLATFORM, "cells", "read"):
         items.append(("Cells", f"{PREFIX}/ops/cells"))
+    if allows(principal, PLATFORM, "billing", "read"):
+        items.append(("Finance", f"{PREFIX}/finance"))
     if tenant_id and allows(principal, tenant_domain(tenant_id), "tenant", "read", tenant_role):
         items.append(("Workspace", f"{PREFIX}/t/{tenant_id}"))
         # The workspace admin pages, each shown by the same permission its route requires (console/admin.py).
         for label, page, obj, act in WORKSPACE_ADMIN_PAGES:
             if allows(principal, tenant_domain(tenant_id), obj, act, tenant_role):
                 items.append((label, f"{PREFIX}/t/{tenant_id}/{page}"))
+        if allows(principal, tenant_domain(tenant_id), "invoices", "read", tenant_role):
+            items.append(("Billing", f"{PREFIX}/t/{tenant_id}/billing"))
     items.append(("Account", f"{PREFIX}/account"))
     # The deepest matching entry is the current one (New tenant, not Tenants, on the wizard).
     matches = [href for _, href in items if path == href or (href != PREFIX and path.startswith(href + "/"))]

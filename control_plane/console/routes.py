@@ -829,6 +829,7 @@ def console_router() -> Router:
     """The console, behind the same guard (casbin policy, tenant 404s) as the API, plus CSRF on every form."""
     # Imported here: the workspace admin pages build on this module's helpers.
     from control_plane.console.admin import WorkspaceAdminController
+    from control_plane.console.finance import FinanceController, WorkspaceBillingController
 
     return Router(
         path="/",
@@ -843,6 +844,8 @@ def console_router() -> Router:
             OpsCellController,
             TenantPageController,
             WorkspaceAdminController,
+            FinanceController,
+            WorkspaceBillingController,
         ],
         guards=[authorize],
         before_request=check_csrf,

@@ -67,6 +67,8 @@ def test_every_page_has_a_strict_csp_and_no_inline_script(server: LiveServer, op
         f"/console/t/{world.a.id}/sources/{world.a.source_id}",
         "/console/account",
         "/console/t/ten_missing",
+        *(f"/console/finance{page}" for page in ("", "/draft", f"/draft?tenant_id={world.a.id}", "/usage", "/revenue")),
+        f"/console/t/{world.a.id}/billing",
     ]
     anonymous = ["/console/login", "/console/forgot", "/console/reset?token=x", "/console/invite?token=x"]
     with browser(server) as visitor:
@@ -193,6 +195,14 @@ def _expected(page: str, who: str) -> int:
         return 403 if platform or member else 404
     if page == "foreign-admin":
         return 200 if who in ("ops_admin", "ops_viewer") else 403 if who == "finance" else 404
+    if page in ("finance", "finance-draft", "finance-usage", "finance-revenue"):
+        # The API's billing (and usage) read across tenants: finance and Livora ops; no tenant role.
+        return 200 if platform else 403
+    if page == "billing":
+        # A workspace's invoices: its owners and admins, and staff (invoices read).
+        if platform or who in ("a:owner", "a:admin"):
+            return 200
+        return 403 if member else 404
     if page == "suspend":
         # A wrong typed confirmation: ops_admin reaches the check (422); the rest never get that far.
         if who == "ops_admin":
@@ -221,6 +231,11 @@ def test_role_by_page_matrix(server: LiveServer, world: World) -> None:
         # No name given: those allowed reach the form's check (400), the rest never get that far.
         "create-key": ("POST", f"/console/t/{world.a.id}/api-keys"),
         "foreign-admin": ("GET", f"/console/t/{world.b.id}/members"),
+        "finance": ("GET", "/console/finance"),
+        "finance-draft": ("GET", f"/console/finance/draft?tenant_id={world.a.id}"),
+        "finance-usage": ("GET", "/console/finance/usage"),
+        "finance-revenue": ("GET", "/console/finance/revenue"),
+        "billing": ("GET", f"/console/t/{world.a.id}/billing"),
     }
     failures = []
     for who, actor in actors.items():
