@@ -105,3 +105,22 @@ def test_finance_previews_a_draft_opens_an_invoice_and_downloads_the_csv(
         page.goto(path)
         tab.check(f"05-{name}-{scheme}")
     tab.close()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_an_owner_reads_the_workspace_billing(
+    chromium: Any, site: Site, invoice_id: str, tmp_path: Path, scheme: str
+) -> None:
+    tab = Tab(chromium, site, tmp_path, scheme=scheme)
+    tab.sign_in_as(site.owner)
+    page = tab.page
+    page.goto(f"/console/t/{site.tenant_id}")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing").click()
+    page.wait_for_url(f"**/console/t/{site.tenant_id}/billing")
+    assert "Nothing is stored" in page.inner_text("main")
+    tab.check(f"01-workspace-billing-{scheme}")
+    page.get_by_role("link", name="LIV-", exact=False).first.click()
+    page.wait_for_url(f"**/billing/invoices/{invoice_id}")
+    assert page.get_by_role("button", name="Issue credit note").count() == 0
+    tab.check(f"02-workspace-invoice-{scheme}")
+    tab.close()
