@@ -190,7 +190,9 @@ class FinanceController(Controller):
         """The current period's invoice of a tenant as it would be rated now (nothing is stored)."""
         names = await tenant_names(services)
         tenant_id = tenant_id.strip()
-        preview = await services.billing.preview(tenant_id) if tenant_id in names else None
+        # Any tenant's id previews, not only the ones the picker lists.
+        known = bool(tenant_id) and await services.tenants.find(tenant_id) is not None
+        preview = await services.billing.preview(tenant_id) if known else None
         return await render(
             request,
             services,
