@@ -19,6 +19,7 @@ from data_plane.stream.log import LogStream
 from data_plane.stream.port import Record, Stream, partition_for
 from data_plane.stream.redis_streams import RedisStream
 from data_plane.usage.reconcile import reconcile
+from kernel.errors import Unavailable
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -75,7 +76,13 @@ class Cell:
 
 async def _drain(worker: PipelineWorker, stream: Stream) -> None:
     for _ in range(2000):
-        handled = await worker.step()
+        try:
+            handled = await worker.step()
+        except Unavailable:
+            # As PipelineWorker.run does: a store busy beyond its wait (two workers on one tenant's
+            # profile file, a loaded machine) is retried; nothing was acked, so nothing is lost.
+            await asyncio.sleep(0.1)
+            continue
         if not handled and not worker.lake.buffered and await stream.pending(GROUP) == 0:
             break
         if not handled:
