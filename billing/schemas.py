@@ -12,8 +12,9 @@ from billing.prices import TierLine
 InvoiceStatus = Literal["draft", "finalised", "paid", "void", "uncollectible"]
 
 
-class InvoiceLine(msgspec.Struct, kw_only=True):
-    id: str
+class DraftLine(msgspec.Struct, kw_only=True):
+    """A rated line: of a draft preview as it is (never stored, so no id), of an invoice with its id."""
+
     position: int
     kind: Literal["base_fee", "usage", "adjustment"]
     description: str
@@ -26,6 +27,10 @@ class InvoiceLine(msgspec.Struct, kw_only=True):
     unit_size: int
     amount: int
     tiers: list[TierLine]
+
+
+class InvoiceLine(DraftLine, kw_only=True):
+    id: str
 
 
 class Invoice(msgspec.Struct, kw_only=True):
@@ -58,23 +63,6 @@ class Invoice(msgspec.Struct, kw_only=True):
 class InvoiceDetail(Invoice, kw_only=True):
     lines: list[InvoiceLine]
     credit_notes: list[CreditNote]
-
-
-class DraftLine(msgspec.Struct, kw_only=True):
-    """A line of a draft preview: rated like an invoice line, never stored (so it has no id)."""
-
-    position: int
-    kind: Literal["base_fee", "usage", "adjustment"]
-    description: str
-    meter: str | None
-    usage_period_start: dt.datetime | None
-    quantity: int
-    included: int
-    billable: int
-    unit_amount: int | None
-    unit_size: int
-    amount: int
-    tiers: list[TierLine]
 
 
 class DraftPreview(msgspec.Struct, kw_only=True):
